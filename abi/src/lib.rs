@@ -1,0 +1,210 @@
+//! The ABI shared by the rcr host and its position-independent blobs.
+//!
+//! Everything here is `#[repr(C)]` with fixed-width fields only, and every
+//! struct carries compile-time size and offset assertions: the host and a
+//! blob are compiled separately (the blob for a freestanding environment),
+//! so a layout change must break the build, not the restored process.
+//!
+//! The restorer bootstrap region, mapped by the host where no saved VMA
+//! lies, is laid out as
+//!
+//! ```text
+//! | restorer code | RestoreArgs | VmaEntry[] | PageRun[] | sigframe | stack | vDSO park |
+//! ^ region start                                                               region end ^
+//! ```
+//!
+//! The host fills everything but the code from the images; the blob reads
+//! it, rebuilds the address space around the region, and rt_sigreturns into
+//! the saved registers. The host then unmaps the region from outside.
+#![no_std]
+
+/// `RestoreArgs::magic`: guards against a host/blob mismatch.
+pub const RESTORE_ARGS_MAGIC: u64 = 0x7263_722d_7273_7431; // "rcr-rst1"
+
+/// Highest user address on x86-64 with 4-level paging (TASK_SIZE_MAX).
+pub const TASK_SIZE: u64 = 0x0000_7fff_ffff_f000;
+
+/// Words of auxv the host may pass (pairs of type/value, AT_NULL included).
+pub const AUXV_WORDS: usize = 128;
+
+/// One VMA the restorer maps. `fd` is an fd the host opened in the
+/// restored task for file-backed VMAs, or -1.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default)]
+pub struct VmaEntry {
+    pub start: u64,
+    pub len: u64,
+    /// File offset in bytes (page aligned).
+    pub pgoff: u64,
+    /// Protection to map with (the final one, plus PROT_WRITE while the
+    /// restorer still has pages to copy in).
+    pub map_prot: u32,
+    /// Protection the VMA ends up with.
+    pub final_prot: u32,
+    /// mmap flags (MAP_PRIVATE/MAP_SHARED/MAP_ANONYMOUS/MAP_GROWSDOWN);
+    /// the blob adds MAP_FIXED_NOREPLACE.
+    pub flags: u32,
+    pub fd: i32,
+}
+
+/// A run of saved pages: `nr_pages` pages at `vaddr`, stored in the pages
+/// image at byte offset `file_off`.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default)]
+pub struct PageRun {
+    pub vaddr: u64,
+    pub nr_pages: u64,
+    pub file_off: u64,
+}
+
+/// One of the three kernel-provided mappings ([vvar], [vvar_vclock],
+/// [vdso]). The blob moves each from `cur` to `park` before unmapping the
+/// old address space, and from `park` to `target` at the end. `len` 0
+/// means the mapping does not exist.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default)]
+pub struct SpecialMapping {
+    pub cur: u64,
+    pub park: u64,
+    pub target: u64,
+    pub len: u64,
+}
+
+pub const SPECIAL_VVAR: usize = 0;
+pub const SPECIAL_VVAR_VCLOCK: usize = 1;
+pub const SPECIAL_VDSO: usize = 2;
+pub const NR_SPECIAL: usize = 3;
+
+/// The kernel's `struct prctl_mm_map` (include/uapi/linux/prctl.h).
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default)]
+pub struct PrctlMmMap {
+    pub start_code: u64,
+    pub end_code: u64,
+    pub start_data: u64,
+    pub end_data: u64,
+    pub start_brk: u64,
+    pub brk: u64,
+    pub start_stack: u64,
+    pub arg_start: u64,
+    pub arg_end: u64,
+    pub env_start: u64,
+    pub env_end: u64,
+    pub auxv: u64,
+    pub auxv_size: u32,
+    pub exe_fd: u32,
+}
+
+/// Arguments of the restorer blob, at a fixed place in the bootstrap
+/// region. Pointers are absolute addresses inside the region.
+#[repr(C)]
+#[derive(Clone, Copy, Debug)]
+pub struct RestoreArgs {
+    /// Initial stack pointer of the blob; the entry loads it first.
+    pub stack_top: u64,
+    pub magic: u64,
+    /// The bootstrap region, which the blob must not unmap.
+    pub region_start: u64,
+    pub region_len: u64,
+    pub vmas: u64,
+    pub nr_vmas: u64,
+    pub page_runs: u64,
+    pub nr_page_runs: u64,
+    /// Where the host built the rt_sigframe (the address of its
+    /// `pretcode` slot); the blob sets rsp to `sigframe + 8` and calls
+    /// rt_sigreturn.
+    pub sigframe: u64,
+    pub fs_base: u64,
+    pub gs_base: u64,
+    pub special: [SpecialMapping; NR_SPECIAL],
+    pub mm_map: PrctlMmMap,
+    pub auxv: [u64; AUXV_WORDS],
+    pub pages_fd: i32,
+    pub exe_fd: i32,
+    /// The task's rseq registration (rseq(2)), re-registered by the blob
+    /// once memory is back; `rseq_len` 0 means none.
+    pub rseq_ptr: u64,
+    pub rseq_len: u32,
+    pub rseq_sig: u32,
+}
+
+/// Steps the blob reports on failure (in `rdi` at its final `int3`, with
+/// the negative errno in `rax` and the item index in `rsi`).
+#[repr(u64)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum RestoreStep {
+    BadArgs = 1,
+    ParkSpecial = 2,
+    UnmapOld = 3,
+    MapVma = 4,
+    ReadPages = 5,
+    Protect = 6,
+    PlaceSpecial = 7,
+    SetMm = 8,
+    SetTls = 9,
+    CloseFds = 10,
+    Rseq = 11,
+}
+
+impl RestoreStep {
+    pub fn from_u64(v: u64) -> Option<Self> {
+        Some(match v {
+            1 => Self::BadArgs,
+            2 => Self::ParkSpecial,
+            3 => Self::UnmapOld,
+            4 => Self::MapVma,
+            5 => Self::ReadPages,
+            6 => Self::Protect,
+            7 => Self::PlaceSpecial,
+            8 => Self::SetMm,
+            9 => Self::SetTls,
+            10 => Self::CloseFds,
+            11 => Self::Rseq,
+            _ => return None,
+        })
+    }
+
+    pub fn describe(self) -> &'static str {
+        match self {
+            Self::BadArgs => "checking its arguments",
+            Self::ParkSpecial => "parking the vDSO/vvar mappings",
+            Self::UnmapOld => "unmapping the old address space",
+            Self::MapVma => "mapping VMA",
+            Self::ReadPages => "reading pages of run",
+            Self::Protect => "setting the protection of VMA",
+            Self::PlaceSpecial => "moving vDSO/vvar mapping",
+            Self::SetMm => "PR_SET_MM_MAP",
+            Self::SetTls => "setting fs/gs base",
+            Self::CloseFds => "closing its helper fds",
+            Self::Rseq => "registering rseq",
+        }
+    }
+}
+
+macro_rules! assert_layout {
+    ($t:ty, size = $size:expr, $($field:ident = $off:expr),* $(,)?) => {
+        const _: () = assert!(core::mem::size_of::<$t>() == $size);
+        $(const _: () = assert!(core::mem::offset_of!($t, $field) == $off);)*
+    };
+}
+
+assert_layout!(VmaEntry, size = 40, start = 0, len = 8, pgoff = 16, map_prot = 24, final_prot = 28, flags = 32, fd = 36);
+assert_layout!(PageRun, size = 24, vaddr = 0, nr_pages = 8, file_off = 16);
+assert_layout!(SpecialMapping, size = 32, cur = 0, park = 8, target = 16, len = 24);
+assert_layout!(PrctlMmMap, size = 104, auxv = 88, auxv_size = 96, exe_fd = 100);
+assert_layout!(
+    RestoreArgs,
+    size = 88 + 96 + 104 + 1024 + 8 + 16,
+    stack_top = 0,
+    magic = 8,
+    region_start = 16,
+    sigframe = 64,
+    special = 88,
+    mm_map = 184,
+    auxv = 288,
+    pages_fd = 1312,
+    exe_fd = 1316,
+    rseq_ptr = 1320,
+    rseq_len = 1328,
+    rseq_sig = 1332,
+);

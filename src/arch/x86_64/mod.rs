@@ -1,0 +1,116 @@
+//! x86-64: general registers, the XSAVE area, syscall restart, and the
+//! rt_sigframe the restorer returns through.
+use crate::images::pb;
+use anyhow::{bail, Result};
+
+pub mod sigframe;
+
+/// Syscall number of restart_syscall(2).
+pub const NR_RESTART_SYSCALL: u64 = 219;
+pub const NR_BRK: u64 = 12;
+
+// Kernel-internal errors a task stopped inside a syscall may show in rax
+// (include/linux/errno.h); they never reach user space.
+const ERESTARTSYS: i64 = 512;
+const ERESTARTNOINTR: i64 = 513;
+const ERESTARTNOHAND: i64 = 514;
+const ERESTART_RESTARTBLOCK: i64 = 516;
+
+/// Byte offset of `sw_reserved` in the legacy FXSAVE part of XSAVE.
+pub const FX_SW_OFFSET: usize = 464;
+/// Byte offset of the XSAVE header (xstate_bv first).
+pub const XSAVE_HEADER_OFFSET: usize = 512;
+
+pub fn regs_to_pb(r: &libc::user_regs_struct) -> pb::X86Regs {
+    pb::X86Regs {
+        r15: r.r15,
+        r14: r.r14,
+        r13: r.r13,
+        r12: r.r12,
+        rbp: r.rbp,
+        rbx: r.rbx,
+        r11: r.r11,
+        r10: r.r10,
+        r9: r.r9,
+        r8: r.r8,
+        rax: r.rax,
+        rcx: r.rcx,
+        rdx: r.rdx,
+        rsi: r.rsi,
+        rdi: r.rdi,
+        orig_rax: r.orig_rax,
+        rip: r.rip,
+        cs: r.cs,
+        eflags: r.eflags,
+        rsp: r.rsp,
+        ss: r.ss,
+        fs_base: r.fs_base,
+        gs_base: r.gs_base,
+        ds: r.ds,
+        es: r.es,
+        fs: r.fs,
+        gs: r.gs,
+    }
+}
+
+/// Rewrites registers saved inside an interrupted syscall into the state
+/// the task must resume in, as the kernel would on signal return:
+/// restartable syscalls are rerun (rip back over the 2-byte `syscall`,
+/// rax = the syscall number); a syscall with a restart block (nanosleep and
+/// friends) cannot resume its block in a new process and returns -EINTR.
+/// Returns (syscall, original result) for the record, syscall -1 if none.
+pub fn prepare_restart(r: &mut pb::X86Regs) -> (i64, i64) {
+    let nr = r.orig_rax as i64;
+    if nr < 0 {
+        return (-1, 0);
+    }
+    let res = r.rax as i64;
+    match -res {
+        ERESTARTSYS | ERESTARTNOINTR | ERESTARTNOHAND => {
+            r.rax = r.orig_rax;
+            r.rip -= 2;
+        }
+        ERESTART_RESTARTBLOCK => r.rax = (-(libc::EINTR as i64)) as u64,
+        _ => {}
+    }
+    (nr, res)
+}
+
+/// XCR0 of this CPU: the XSAVE features the OS enabled.
+pub fn xcr0() -> u64 {
+    // SAFETY: cpuid leaf 1 is always available on x86-64; xgetbv is only
+    // executed when CPUID says the OS enabled XSAVE (OSXSAVE, ecx bit 27),
+    // so it cannot fault.
+    unsafe {
+        let leaf1 = core::arch::x86_64::__cpuid(1);
+        if leaf1.ecx & (1 << 27) == 0 {
+            return 0;
+        }
+        core::arch::x86_64::_xgetbv(0)
+    }
+}
+
+/// xstate_bv from an XSAVE area (the components it holds).
+pub fn xstate_bv(xsave: &[u8]) -> u64 {
+    xsave
+        .get(XSAVE_HEADER_OFFSET..XSAVE_HEADER_OFFSET + 8)
+        .map(|b| u64::from_le_bytes(b.try_into().unwrap_or([0; 8])))
+        .unwrap_or(0)
+}
+
+/// Checks that an XSAVE area dumped elsewhere can be loaded here.
+pub fn check_xsave_compatible(xsave: &[u8], host_xsave_size: usize) -> Result<()> {
+    let need = xstate_bv(xsave);
+    let have = xcr0();
+    if need & !have != 0 {
+        bail!(
+            "core image: xsave holds CPU state components {:#x} this CPU does not enable (XCR0 {:#x})",
+            need,
+            have
+        );
+    }
+    if xsave.len() > host_xsave_size || xsave.len() < XSAVE_HEADER_OFFSET + 64 {
+        bail!("core image: xsave area of {} bytes does not fit this CPU ({} bytes)", xsave.len(), host_xsave_size);
+    }
+    Ok(())
+}

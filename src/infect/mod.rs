@@ -1,0 +1,277 @@
+//! The infection layer: everything rcr does to a live task through ptrace.
+//!
+//! Lifecycle of a dumped task, as CRIU's compel has it: seize and stop
+//! ([`Tracee::seize`]), read its state (registers, XSAVE, signal mask),
+//! run syscalls inside it ([`Tracee::remote_syscall`]), then resume
+//! ([`Tracee::detach`]) or kill. The parasite blob will plug in between
+//! stop and resume; remote syscalls are the building block it will use.
+//!
+//! A seized task is interrupted with PTRACE_INTERRUPT, never SIGSTOP, so
+//! nothing observable (no group stop, no SIGCHLD to its parent) happens.
+//! [`Tracee`] detaches on drop, so every early return leaves the task
+//! running as before.
+#![allow(unsafe_code)]
+
+use anyhow::{bail, Context, Result};
+use std::mem::MaybeUninit;
+
+const PTRACE_EVENT_STOP: i32 = 128;
+const NT_X86_XSTATE: libc::c_int = 0x202;
+const SYSCALL_STOP: i32 = libc::SIGTRAP | 0x80;
+
+/// A task seized by this process. Not `Send`: ptrace requests must come
+/// from the thread that seized it.
+#[derive(Debug)]
+pub struct Tracee {
+    pid: i32,
+    attached: bool,
+    _not_send: std::marker::PhantomData<*const ()>,
+}
+
+/// How a traced task stopped.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Stop {
+    /// PTRACE_EVENT_STOP: the stop PTRACE_INTERRUPT asks for.
+    Interrupt,
+    /// Syscall entry or exit (PTRACE_O_TRACESYSGOOD).
+    Syscall,
+    /// About to receive this signal.
+    Signal(i32),
+    Exited(i32),
+    Killed(i32),
+}
+
+fn ptrace(req: libc::c_uint, pid: i32, addr: usize, data: usize) -> std::io::Result<libc::c_long> {
+    // SAFETY: every caller passes addr/data that are either plain integers or
+    // pointers to live buffers of the size the request writes (checked at
+    // each call site).
+    let r = unsafe { libc::ptrace(req, pid, addr as *mut libc::c_void, data as *mut libc::c_void) };
+    if r == -1 {
+        Err(std::io::Error::last_os_error())
+    } else {
+        Ok(r)
+    }
+}
+
+/// Waits for the next state change of a traced (or child) task.
+pub fn wait_stop(pid: i32) -> Result<Stop> {
+    let mut status = 0;
+    loop {
+        // SAFETY: status is a valid out-pointer.
+        let r = unsafe { libc::waitpid(pid, &mut status, libc::__WALL) };
+        if r == pid {
+            break;
+        }
+        let e = std::io::Error::last_os_error();
+        if r == -1 && e.kind() == std::io::ErrorKind::Interrupted {
+            continue;
+        }
+        return Err(e).with_context(|| format!("waitpid {pid}"));
+    }
+    Ok(decode_status(status))
+}
+
+fn decode_status(status: i32) -> Stop {
+    if libc::WIFEXITED(status) {
+        return Stop::Exited(libc::WEXITSTATUS(status));
+    }
+    if libc::WIFSIGNALED(status) {
+        return Stop::Killed(libc::WTERMSIG(status));
+    }
+    let sig = libc::WSTOPSIG(status);
+    if status >> 16 == PTRACE_EVENT_STOP {
+        Stop::Interrupt
+    } else if sig == SYSCALL_STOP {
+        Stop::Syscall
+    } else {
+        Stop::Signal(sig)
+    }
+}
+
+impl Tracee {
+    /// PTRACE_SEIZE + PTRACE_INTERRUPT, then waits until the task sits in
+    /// the interrupt stop. Signals that arrive meanwhile are delivered, not
+    /// lost.
+    pub fn seize(pid: i32) -> Result<Self> {
+        let opts = libc::PTRACE_O_TRACESYSGOOD as usize;
+        ptrace(libc::PTRACE_SEIZE, pid, 0, opts).with_context(|| format!("PTRACE_SEIZE pid {pid}"))?;
+        let t = Tracee { pid, attached: true, _not_send: std::marker::PhantomData };
+        ptrace(libc::PTRACE_INTERRUPT, pid, 0, 0).with_context(|| format!("PTRACE_INTERRUPT pid {pid}"))?;
+        t.wait_for_interrupt()?;
+        Ok(t)
+    }
+
+    /// Attaches to a child that is already ours (restore side), without
+    /// stopping it. The task dies if rcr dies before detaching.
+    pub fn seize_child(pid: i32) -> Result<Self> {
+        let opts = (libc::PTRACE_O_TRACESYSGOOD | libc::PTRACE_O_EXITKILL) as usize;
+        ptrace(libc::PTRACE_SEIZE, pid, 0, opts).with_context(|| format!("PTRACE_SEIZE pid {pid}"))?;
+        Ok(Tracee { pid, attached: true, _not_send: std::marker::PhantomData })
+    }
+
+    pub fn pid(&self) -> i32 {
+        self.pid
+    }
+
+    fn wait_for_interrupt(&self) -> Result<()> {
+        loop {
+            match wait_stop(self.pid)? {
+                Stop::Interrupt => return Ok(()),
+                Stop::Signal(sig) => {
+                    // A signal got there first: let it be delivered and wait for
+                    // the interrupt, which stays pending.
+                    ptrace(libc::PTRACE_CONT, self.pid, 0, sig as usize)
+                        .with_context(|| format!("PTRACE_CONT pid {} with signal {sig}", self.pid))?;
+                }
+                Stop::Syscall => {
+                    ptrace(libc::PTRACE_CONT, self.pid, 0, 0).with_context(|| format!("PTRACE_CONT pid {}", self.pid))?;
+                }
+                Stop::Exited(c) => bail!("pid {} exited with status {c} while being stopped", self.pid),
+                Stop::Killed(s) => bail!("pid {} was killed by signal {s} while being stopped", self.pid),
+            }
+        }
+    }
+
+    pub fn get_regs(&self) -> Result<libc::user_regs_struct> {
+        let mut regs = MaybeUninit::<libc::user_regs_struct>::zeroed();
+        ptrace(libc::PTRACE_GETREGS, self.pid, 0, regs.as_mut_ptr() as usize)
+            .with_context(|| format!("PTRACE_GETREGS pid {}", self.pid))?;
+        // SAFETY: PTRACE_GETREGS filled the whole struct (it was zeroed anyway).
+        Ok(unsafe { regs.assume_init() })
+    }
+
+    pub fn set_regs(&self, regs: &libc::user_regs_struct) -> Result<()> {
+        ptrace(libc::PTRACE_SETREGS, self.pid, 0, regs as *const _ as usize)
+            .with_context(|| format!("PTRACE_SETREGS pid {}", self.pid))?;
+        Ok(())
+    }
+
+    /// The XSAVE area (PTRACE_GETREGSET NT_X86_XSTATE), standard format.
+    pub fn get_xsave(&self) -> Result<Vec<u8>> {
+        let mut buf = vec![0u8; 16384];
+        let mut iov = libc::iovec { iov_base: buf.as_mut_ptr().cast(), iov_len: buf.len() };
+        ptrace(libc::PTRACE_GETREGSET, self.pid, NT_X86_XSTATE as usize, &mut iov as *mut _ as usize)
+            .with_context(|| format!("PTRACE_GETREGSET NT_X86_XSTATE pid {}", self.pid))?;
+        buf.truncate(iov.iov_len);
+        Ok(buf)
+    }
+
+    /// The blocked signal mask, bit n-1 for signal n.
+    pub fn get_sigmask(&self) -> Result<u64> {
+        let mut mask = 0u64;
+        ptrace(libc::PTRACE_GETSIGMASK, self.pid, 8, &mut mask as *mut u64 as usize)
+            .with_context(|| format!("PTRACE_GETSIGMASK pid {}", self.pid))?;
+        Ok(mask)
+    }
+
+    /// The rseq registration (PTRACE_GET_RSEQ_CONFIGURATION): pointer,
+    /// length and signature; length 0 if none.
+    pub fn get_rseq(&self) -> Result<(u64, u32, u32)> {
+        #[repr(C)]
+        #[derive(Default)]
+        struct Conf {
+            pointer: u64,
+            size: u32,
+            signature: u32,
+            flags: u32,
+            pad: u32,
+        }
+        const PTRACE_GET_RSEQ_CONFIGURATION: libc::c_uint = 0x420f;
+        let mut c = Conf::default();
+        ptrace(PTRACE_GET_RSEQ_CONFIGURATION, self.pid, std::mem::size_of::<Conf>(), &mut c as *mut Conf as usize)
+            .with_context(|| format!("PTRACE_GET_RSEQ_CONFIGURATION pid {}", self.pid))?;
+        Ok((c.pointer, c.size, c.signature))
+    }
+
+    /// Resumes to the next syscall entry or exit and waits for it.
+    pub fn step_syscall(&self) -> Result<()> {
+        ptrace(libc::PTRACE_SYSCALL, self.pid, 0, 0).with_context(|| format!("PTRACE_SYSCALL pid {}", self.pid))?;
+        match wait_stop(self.pid)? {
+            Stop::Syscall => Ok(()),
+            other => {
+                let rip = self.get_regs().map(|r| format!("{:#x} rbx {:#x} rsp {:#x}", r.rip, r.rbx, r.rsp)).unwrap_or_default();
+                crate::log::debug(&std::fs::read_to_string(format!("/proc/{}/maps", self.pid)).unwrap_or_default());
+                bail!("pid {}: expected a syscall stop, got {other:?} at rip {rip}", self.pid)
+            }
+        }
+    }
+
+    /// Continues the task, delivering `sig` (0 for none), and waits for its
+    /// next stop.
+    pub fn cont(&self, sig: i32) -> Result<Stop> {
+        ptrace(libc::PTRACE_CONT, self.pid, 0, sig as usize).with_context(|| format!("PTRACE_CONT pid {}", self.pid))?;
+        wait_stop(self.pid)
+    }
+
+    /// Runs one syscall inside the stopped task, using a `syscall`
+    /// instruction found at `insn` in its address space, and returns the
+    /// raw result (negative errno on failure). The task's registers are
+    /// back as they were afterwards, and it sits in an interrupt stop again,
+    /// so an interrupted syscall of its own still restarts correctly when
+    /// it is resumed.
+    pub fn remote_syscall(&self, insn: u64, nr: u64, args: [u64; 6]) -> Result<i64> {
+        let saved = self.get_regs()?;
+        let mut r = saved;
+        r.rip = insn;
+        r.rax = nr;
+        r.orig_rax = u64::MAX; // not in a syscall: no restart logic on resume
+        (r.rdi, r.rsi, r.rdx, r.r10, r.r8, r.r9) = (args[0], args[1], args[2], args[3], args[4], args[5]);
+        self.set_regs(&r)?;
+        let result = self.step_syscall().and_then(|()| self.step_syscall()).and_then(|()| self.get_regs());
+        // Put the task back in an interrupt stop with its own registers,
+        // whatever happened above.
+        self.set_regs(&saved)?;
+        ptrace(libc::PTRACE_INTERRUPT, self.pid, 0, 0).with_context(|| format!("PTRACE_INTERRUPT pid {}", self.pid))?;
+        ptrace(libc::PTRACE_CONT, self.pid, 0, 0).with_context(|| format!("PTRACE_CONT pid {}", self.pid))?;
+        self.wait_for_interrupt()?;
+        Ok(result?.rax as i64)
+    }
+
+    /// Lets the task go, as it was.
+    pub fn detach(mut self) -> Result<()> {
+        self.attached = false;
+        ptrace(libc::PTRACE_DETACH, self.pid, 0, 0).with_context(|| format!("PTRACE_DETACH pid {}", self.pid))?;
+        Ok(())
+    }
+
+    /// Kills the task (SIGKILL) and waits until it is gone from our view.
+    pub fn kill(mut self) -> Result<()> {
+        self.attached = false;
+        // SAFETY: plain kill(2) of a task we hold seized.
+        if unsafe { libc::kill(self.pid, libc::SIGKILL) } != 0 {
+            return Err(std::io::Error::last_os_error()).with_context(|| format!("kill pid {}", self.pid));
+        }
+        loop {
+            match wait_stop(self.pid) {
+                Ok(Stop::Exited(_) | Stop::Killed(_)) | Err(_) => return Ok(()),
+                Ok(_) => {}
+            }
+        }
+    }
+}
+
+impl Drop for Tracee {
+    fn drop(&mut self) {
+        if self.attached {
+            let _ = ptrace(libc::PTRACE_DETACH, self.pid, 0, 0);
+        }
+    }
+}
+
+/// Reads `len` bytes at `addr` of another process (process_vm_readv).
+pub fn read_memory(pid: i32, addr: u64, buf: &mut [u8]) -> Result<()> {
+    let mut done = 0usize;
+    while done < buf.len() {
+        let local = libc::iovec { iov_base: buf[done..].as_mut_ptr().cast(), iov_len: buf.len() - done };
+        let remote = libc::iovec { iov_base: (addr as usize + done) as *mut libc::c_void, iov_len: buf.len() - done };
+        // SAFETY: `local` covers the unfilled tail of `buf`, which we own
+        // mutably; `remote` is only read by the kernel in the other process.
+        let n = unsafe { libc::process_vm_readv(pid, &local, 1, &remote, 1, 0) };
+        if n <= 0 {
+            let e = std::io::Error::last_os_error();
+            return Err(e).with_context(|| format!("process_vm_readv pid {pid} at {:#x}", addr as usize + done));
+        }
+        done += n as usize;
+    }
+    Ok(())
+}

@@ -1,0 +1,74 @@
+//! `rcr` command line: parses arguments and dispatches to the library.
+use clap::{Parser, Subcommand};
+use std::path::PathBuf;
+
+#[derive(Parser, Debug)]
+#[command(name = "rcr", version, about = "Checkpoint/restore for Linux processes")]
+struct Cli {
+    /// Write the log to this file instead of stderr (CRIU's -o).
+    #[arg(short = 'o', long = "log-file", global = true)]
+    log_file: Option<PathBuf>,
+    /// More log output; repeat for more (CRIU's -v).
+    #[arg(short = 'v', action = clap::ArgAction::Count, global = true)]
+    verbose: u8,
+    #[command(subcommand)]
+    cmd: Cmd,
+}
+
+#[derive(Subcommand, Debug)]
+enum Cmd {
+    /// Checkpoint a process into an image directory.
+    Dump {
+        /// PID of the process to dump.
+        #[arg(short = 't', long = "tree")]
+        pid: i32,
+        /// Image directory (created if missing).
+        #[arg(short = 'D', long = "images-dir")]
+        dir: PathBuf,
+        /// Leave the process running after the dump instead of killing it.
+        #[arg(short = 'R', long = "leave-running")]
+        leave_running: bool,
+    },
+    /// Restore a process from an image directory.
+    Restore {
+        #[arg(short = 'D', long = "images-dir")]
+        dir: PathBuf,
+        /// Return once the process runs instead of waiting for it.
+        #[arg(short = 'd', long = "restore-detached")]
+        detached: bool,
+        /// Write the PID of the restored process to this file.
+        #[arg(long = "pidfile")]
+        pidfile: Option<PathBuf>,
+    },
+    /// Print an image set in readable form (like CRIU's crit).
+    Show {
+        #[arg(short = 'D', long = "images-dir")]
+        dir: PathBuf,
+        /// Print JSON instead of text.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Report whether this kernel has what rcr needs.
+    Check,
+}
+
+fn main() {
+    let cli = Cli::parse();
+    if let Err(e) = rcr::log::init(cli.log_file.as_deref(), cli.verbose) {
+        eprintln!("rcr: {e:#}");
+        std::process::exit(1);
+    }
+    let result = match cli.cmd {
+        Cmd::Dump { pid, dir, leave_running } => rcr::dump::run(&rcr::dump::Options { pid, dir, leave_running }).map(|()| 0),
+        Cmd::Restore { dir, detached, pidfile } => rcr::restore::run(&rcr::restore::Options { dir, detached, pidfile }),
+        Cmd::Show { dir, json } => rcr::show::run(&dir, json).map(|()| 0),
+        Cmd::Check => rcr::check::run(),
+    };
+    match result {
+        Ok(code) => std::process::exit(code),
+        Err(e) => {
+            rcr::log::error(&format!("{e:#}"));
+            std::process::exit(1);
+        }
+    }
+}

@@ -1,0 +1,221 @@
+//! Dump side of memory.
+//!
+//! Which pages are saved, per kind of VMA (pagemap bits: 63 present,
+//! 62 swapped, 61 file page or shared anonymous):
+//!
+//! | VMA               | saved pages                                        |
+//! |-------------------|----------------------------------------------------|
+//! | private anonymous | present or swapped, except all-zero pages          |
+//! | shared anonymous  | present or swapped                                 |
+//! | private file      | written ones: present and not a file page, or swapped |
+//! | shared file       | none: the file holds the content                   |
+//! | vDSO, vvar        | none: the kernel provides them                     |
+use super::*;
+use crate::files::{dump::describe, FileTable};
+use crate::images::pages::PageSink;
+use crate::images::pb::{Mm, Vma};
+use crate::images::PAGE_SIZE;
+use crate::proc::{self, MapEntry, Stat};
+use anyhow::{bail, Context, Result};
+use std::os::unix::fs::FileExt;
+
+const PM_PRESENT: u64 = 1 << 63;
+const PM_SWAP: u64 = 1 << 62;
+const PM_FILE: u64 = 1 << 61;
+/// Largest chunk of memory read from the task at once.
+const CHUNK: u64 = 4 << 20;
+
+fn classify(m: &MapEntry) -> Result<VmaKind> {
+    Ok(match m.name.as_str() {
+        "[vdso]" => VmaKind::VmaVdso,
+        "[vvar]" => VmaKind::VmaVvar,
+        "[vvar_vclock]" => VmaKind::VmaVvarVclock,
+        _ if m.inode == 0 => {
+            if m.shared() {
+                VmaKind::VmaAnonShared
+            } else {
+                VmaKind::VmaAnonPrivate
+            }
+        }
+        "/dev/zero (deleted)" if m.shared() => VmaKind::VmaAnonShared,
+        n if n.starts_with('/') && !n.ends_with(" (deleted)") => {
+            if m.shared() {
+                VmaKind::VmaFileShared
+            } else {
+                VmaKind::VmaFilePrivate
+            }
+        }
+        n if n.starts_with('[') && m.inode == 0 => VmaKind::VmaAnonPrivate,
+        _ => bail!("mapping {}: backed by a file rcr cannot reopen (deleted, memfd or SysV shm)", m.describe()),
+    })
+}
+
+fn prot_of(perms: &str) -> u32 {
+    let b = perms.as_bytes();
+    let mut p = 0;
+    if b.first() == Some(&b'r') {
+        p |= PROT_READ;
+    }
+    if b.get(1) == Some(&b'w') {
+        p |= PROT_WRITE;
+    }
+    if b.get(2) == Some(&b'x') {
+        p |= PROT_EXEC;
+    }
+    p
+}
+
+/// Builds the VMA records (registering backing files in `files`).
+pub fn vmas(pid: i32, maps: &[MapEntry], files: &mut FileTable) -> Result<Vec<Vma>> {
+    let mut out = Vec::new();
+    for m in maps {
+        if m.name == "[vsyscall]" {
+            continue; // fixed kernel page above TASK_SIZE, present in every process
+        }
+        let kind = classify(m)?;
+        if !is_special(kind) && (m.has_flag("io") || m.has_flag("pf")) {
+            bail!("mapping {}: device or PFN mapping (VM_IO/VM_PFNMAP), rcr cannot dump it", m.describe());
+        }
+        let mut flags = if m.shared() { MAP_SHARED } else { MAP_PRIVATE };
+        if matches!(kind, VmaKind::VmaAnonPrivate | VmaKind::VmaAnonShared) {
+            flags |= MAP_ANONYMOUS;
+        }
+        if m.has_flag("gd") {
+            flags |= MAP_GROWSDOWN;
+        }
+        let mut file_id = 0;
+        if matches!(kind, VmaKind::VmaFilePrivate | VmaKind::VmaFileShared) {
+            let what = format!("mapping {}", m.describe());
+            let link = proc::path(pid, &format!("map_files/{:x}-{:x}", m.start, m.end));
+            let mut f = describe(&link, &what)?;
+            // Shared mappings that may become writable need a writable fd.
+            let write = m.shared() && m.has_flag("mw");
+            f.flags = if write { libc::O_RDWR as u32 } else { libc::O_RDONLY as u32 };
+            file_id = files.add_shared(f);
+        }
+        out.push(Vma {
+            start: m.start,
+            end: m.end,
+            prot: prot_of(&m.perms),
+            flags,
+            kind: kind as i32,
+            pgoff: m.offset,
+            file_id,
+            name: m.name.clone(),
+            vm_flags: m.vm_flags.clone(),
+            dev: libc::makedev(m.dev_major, m.dev_minor),
+            inode: m.inode,
+        });
+    }
+    Ok(out)
+}
+
+/// The mm_struct fields (brk comes separately: /proc does not show it).
+pub fn mm_fields(st: &Stat, brk: u64, auxv: Vec<u64>, exe_file_id: u32, vmas: Vec<Vma>) -> Mm {
+    Mm {
+        start_code: st.start_code,
+        end_code: st.end_code,
+        start_data: st.start_data,
+        end_data: st.end_data,
+        start_brk: st.start_brk,
+        brk,
+        start_stack: st.start_stack,
+        arg_start: st.arg_start,
+        arg_end: st.arg_end,
+        env_start: st.env_start,
+        env_end: st.env_end,
+        auxv,
+        exe_file_id,
+        vmas,
+    }
+}
+
+/// Raw /proc/PID/auxv as words.
+pub fn auxv(pid: i32) -> Result<Vec<u64>> {
+    let p = proc::path(pid, "auxv");
+    let b = std::fs::read(&p).with_context(|| format!("reading {}", p.display()))?;
+    Ok(b.chunks_exact(8).map(|c| u64::from_le_bytes(c.try_into().unwrap_or([0; 8]))).collect())
+}
+
+/// Which pages of `vma` must be saved, as a bitmap over its pages.
+fn pages_to_save(pagemap: &std::fs::File, vma: &Vma) -> Result<Vec<bool>> {
+    let n = ((vma.end - vma.start) / PAGE_SIZE) as usize;
+    let mut raw = vec![0u8; n * 8];
+    pagemap
+        .read_exact_at(&mut raw, vma.start / PAGE_SIZE * 8)
+        .with_context(|| format!("reading pagemap of {:#x}-{:#x}", vma.start, vma.end))?;
+    let kind = VmaKind::try_from(vma.kind).unwrap_or(VmaKind::Unspecified);
+    Ok(raw
+        .chunks_exact(8)
+        .map(|c| {
+            let e = u64::from_le_bytes(c.try_into().unwrap_or([0; 8]));
+            match kind {
+                VmaKind::VmaAnonPrivate | VmaKind::VmaAnonShared => e & (PM_PRESENT | PM_SWAP) != 0,
+                VmaKind::VmaFilePrivate => e & PM_SWAP != 0 || (e & PM_PRESENT != 0 && e & PM_FILE == 0),
+                _ => false,
+            }
+        })
+        .collect())
+}
+
+fn is_zero(page: &[u8]) -> bool {
+    page.chunks_exact(8).all(|w| w == [0u8; 8])
+}
+
+/// Reads the pages of every VMA that needs them and hands them to `sink`.
+/// Returns the number of pages saved.
+pub fn dump_pages(pid: i32, vmas: &[Vma], sink: &mut dyn PageSink) -> Result<u64> {
+    let pm_path = proc::path(pid, "pagemap");
+    let pagemap = std::fs::File::open(&pm_path).with_context(|| format!("opening {}", pm_path.display()))?;
+    let mut buf = vec![0u8; CHUNK as usize];
+    let mut saved = 0;
+    for vma in vmas {
+        let want = pages_to_save(&pagemap, vma)?;
+        let skip_zero = vma.kind == VmaKind::VmaAnonPrivate as i32;
+        let mut i = 0;
+        while i < want.len() {
+            if !want[i] {
+                i += 1;
+                continue;
+            }
+            let mut j = i;
+            while j < want.len() && want[j] && ((j - i + 1) as u64) * PAGE_SIZE <= CHUNK {
+                j += 1;
+            }
+            let addr = vma.start + i as u64 * PAGE_SIZE;
+            let len = (j - i) * PAGE_SIZE as usize;
+            crate::infect::read_memory(pid, addr, &mut buf[..len])
+                .with_context(|| format!("reading pages of mapping {:#x}-{:#x} {}", vma.start, vma.end, vma.name))?;
+            saved += put_run(sink, addr, &buf[..len], skip_zero)?;
+            i = j;
+        }
+    }
+    Ok(saved)
+}
+
+/// Stores a run of pages, leaving out all-zero pages when `skip_zero`.
+fn put_run(sink: &mut dyn PageSink, addr: u64, data: &[u8], skip_zero: bool) -> Result<u64> {
+    let ps = PAGE_SIZE as usize;
+    if !skip_zero {
+        sink.put(addr, data)?;
+        return Ok((data.len() / ps) as u64);
+    }
+    let mut saved = 0;
+    let mut start: Option<usize> = None;
+    for (k, page) in data.chunks_exact(ps).enumerate() {
+        match (is_zero(page), start) {
+            (false, None) => start = Some(k),
+            (true, Some(s)) => {
+                sink.put(addr + (s * ps) as u64, &data[s * ps..k * ps])?;
+                saved += (k - s) as u64;
+                start = None;
+            }
+            _ => {}
+        }
+    }
+    if let Some(s) = start {
+        sink.put(addr + (s * ps) as u64, &data[s * ps..])?;
+        saved += (data.len() / ps - s) as u64;
+    }
+    Ok(saved)
+}

@@ -1,0 +1,206 @@
+//! The bootstrap region: the restorer blob, its arguments, the sigframe,
+//! its stack and the place where the vDSO is parked, in one anonymous
+//! mapping placed where neither rcr's current mappings nor the saved ones
+//! are. Built in rcr before forking; the child inherits it, fills in the
+//! fds it opened, and jumps.
+//!
+//! ```text
+//! | code | RestoreArgs, VmaEntry[], PageRun[] | sigframe | stack | vDSO park |
+//! ```
+#![allow(unsafe_code)]
+
+use super::blob;
+use crate::arch::cur::sigframe;
+use crate::images::pb;
+use crate::mm::restore::Plan;
+use anyhow::{bail, Context, Result};
+use rcr_abi::{PageRun, RestoreArgs, VmaEntry, NR_SPECIAL, RESTORE_ARGS_MAGIC, TASK_SIZE};
+use std::mem::{align_of, size_of};
+
+const PAGE: u64 = 4096;
+const STACK_SIZE: u64 = 64 << 10;
+/// Lowest address considered for the region.
+const LOW: u64 = 1 << 32;
+
+fn page_up(x: u64) -> u64 {
+    (x + PAGE - 1) & !(PAGE - 1)
+}
+
+/// A mapped bootstrap region of this process.
+#[derive(Debug)]
+pub struct Region {
+    pub start: u64,
+    pub len: u64,
+    args_off: u64,
+    vmas_off: u64,
+    nr_vmas: usize,
+}
+
+/// Lowest gap of `len` bytes (plus a guard page on each side) above LOW
+/// that none of `busy` touches.
+pub fn find_hole(busy: &mut Vec<(u64, u64)>, len: u64) -> Result<u64> {
+    busy.sort_unstable();
+    let mut cand = LOW;
+    for &(s, e) in busy.iter() {
+        if e + PAGE <= cand {
+            continue;
+        }
+        if s >= cand + len + 2 * PAGE {
+            break;
+        }
+        cand = cand.max(page_up(e) + PAGE);
+    }
+    if cand + len + PAGE > TASK_SIZE {
+        bail!("no room for the {len}-byte bootstrap region in the address space");
+    }
+    Ok(cand + PAGE)
+}
+
+impl Region {
+    /// Maps the region at a free place and fills everything but the fds.
+    pub fn build(plan: &Plan, core: &pb::TaskCore, busy: &mut Vec<(u64, u64)>, xcr0: u64) -> Result<Region> {
+        let regs = core.regs.as_ref().context("core image: no registers")?;
+        let code_len = page_up(blob::RESTORER_MEM_SIZE as u64);
+        let args_off = code_len;
+        let vmas_off = args_off + (size_of::<RestoreArgs>() as u64).next_multiple_of(64);
+        let runs_off = vmas_off + (plan.vmas.len() * size_of::<VmaEntry>()) as u64;
+        let frame_off = page_up(runs_off + (plan.runs.len() * size_of::<PageRun>()) as u64);
+        let frame_len = sigframe::frame_size(core.xsave.len()) as u64;
+        let stack_off = page_up(frame_off + frame_len);
+        let park_off = stack_off + STACK_SIZE;
+        let (park_base, park_len) = park_span(plan);
+        let len = park_off + page_up(park_len);
+        let start = find_hole(busy, len)?;
+        map_fixed(start, len)?;
+        let r = Region { start, len, args_off, vmas_off, nr_vmas: plan.vmas.len() };
+
+        // SAFETY: [start, start+len) was just mapped read-write by us and is
+        // referenced by nothing else; every write below stays inside it
+        // (offsets computed above from the same sizes).
+        unsafe {
+            let base = start as *mut u8;
+            std::ptr::copy_nonoverlapping(blob::RESTORER_BLOB.as_ptr(), base, blob::RESTORER_BLOB.len());
+            let vmas = base.add(vmas_off as usize) as *mut VmaEntry;
+            std::ptr::copy_nonoverlapping(plan.vmas.as_ptr(), vmas, plan.vmas.len());
+            let runs = base.add(runs_off as usize) as *mut PageRun;
+            std::ptr::copy_nonoverlapping(plan.runs.as_ptr(), runs, plan.runs.len());
+            let frame = std::slice::from_raw_parts_mut(base.add(frame_off as usize), frame_len as usize);
+            sigframe::build(frame, start + frame_off, regs, &core.xsave, core.blocked, xcr0)?;
+        }
+        let mut special = plan.special;
+        for s in special.iter_mut().take(NR_SPECIAL) {
+            if s.len != 0 {
+                s.park = start + park_off + (s.cur - park_base);
+            }
+        }
+        let mut mm_map = plan.mm_map;
+        let args = RestoreArgs {
+            stack_top: start + park_off,
+            magic: RESTORE_ARGS_MAGIC,
+            region_start: start,
+            region_len: len,
+            vmas: start + vmas_off,
+            nr_vmas: plan.vmas.len() as u64,
+            page_runs: start + runs_off,
+            nr_page_runs: plan.runs.len() as u64,
+            sigframe: start + frame_off,
+            fs_base: regs.fs_base,
+            gs_base: regs.gs_base,
+            special,
+            mm_map,
+            auxv: plan.auxv,
+            pages_fd: -1,
+            exe_fd: -1,
+            rseq_ptr: core.rseq.as_ref().map_or(0, |r| r.pointer),
+            rseq_len: core.rseq.as_ref().map_or(0, |r| r.size),
+            rseq_sig: core.rseq.as_ref().map_or(0, |r| r.signature),
+        };
+        mm_map.auxv = start + args_off + std::mem::offset_of!(RestoreArgs, auxv) as u64;
+        let args = RestoreArgs { mm_map, ..args };
+        const _: () = assert!(align_of::<RestoreArgs>() <= 64);
+        // SAFETY: args_off is inside the region and 64-byte aligned.
+        unsafe { std::ptr::write((start + args_off) as *mut RestoreArgs, args) };
+        protect(start, code_len, libc::PROT_READ | libc::PROT_EXEC)?;
+        Ok(r)
+    }
+
+    fn args_mut(&mut self) -> &mut RestoreArgs {
+        // SAFETY: `build` wrote a RestoreArgs at this aligned offset of the
+        // region, which lives until `unmap`; &mut self guarantees uniqueness.
+        unsafe { &mut *((self.start + self.args_off) as *mut RestoreArgs) }
+    }
+
+    /// The VMA table, for the child to fill in the fds it opened.
+    pub fn vmas_mut(&mut self) -> &mut [VmaEntry] {
+        // SAFETY: `build` wrote nr_vmas entries at this aligned offset.
+        unsafe { std::slice::from_raw_parts_mut((self.start + self.vmas_off) as *mut VmaEntry, self.nr_vmas) }
+    }
+
+    pub fn set_fds(&mut self, pages_fd: i32, exe_fd: i32) {
+        let a = self.args_mut();
+        a.pages_fd = pages_fd;
+        a.exe_fd = exe_fd;
+        a.mm_map.exe_fd = exe_fd as u32;
+    }
+
+    /// Address of the blob's `syscall` instruction (reused from outside).
+    pub fn syscall_insn(&self) -> u64 {
+        self.start + blob::RESTORER_SYSCALL_INSN as u64
+    }
+
+    /// Enters the restorer blob. Never returns: the blob either rebuilds
+    /// this process into the saved one or stops for the tracer to kill it.
+    ///
+    /// # Safety
+    /// Only in the restore child, with all signals blocked, a tracer
+    /// attached, and the fds filled in.
+    pub unsafe fn jump(&self) -> ! {
+        let entry = self.start + blob::RESTORER_ENTRY as u64;
+        let args = self.start + self.args_off;
+        // SAFETY: the caller upholds the contract above; the blob loads its
+        // own stack from args and never returns here.
+        unsafe { std::arch::asm!("jmp {e}", e = in(reg) entry, in("rdi") args, options(noreturn)) }
+    }
+
+    /// Unmaps the region from this process (rcr's own copy after forking).
+    pub fn unmap(self) {
+        // SAFETY: nothing in rcr refers to the region after the fork.
+        unsafe { libc::munmap(self.start as *mut libc::c_void, self.len as usize) };
+    }
+}
+
+/// Where the current vDSO mappings start and how much room they need.
+fn park_span(plan: &Plan) -> (u64, u64) {
+    let present: Vec<_> = plan.special.iter().filter(|s| s.len != 0).collect();
+    let lo = present.iter().map(|s| s.cur).min().unwrap_or(0);
+    let hi = present.iter().map(|s| s.cur + s.len).max().unwrap_or(0);
+    (lo, hi - lo)
+}
+
+fn map_fixed(start: u64, len: u64) -> Result<()> {
+    // SAFETY: MAP_FIXED_NOREPLACE never replaces an existing mapping; the
+    // range was chosen free of this process's mappings.
+    let p = unsafe {
+        libc::mmap(
+            start as *mut libc::c_void,
+            len as usize,
+            libc::PROT_READ | libc::PROT_WRITE,
+            libc::MAP_PRIVATE | libc::MAP_ANONYMOUS | libc::MAP_FIXED_NOREPLACE,
+            -1,
+            0,
+        )
+    };
+    if p == libc::MAP_FAILED || p as u64 != start {
+        bail!("mapping the bootstrap region at {start:#x}: {}", std::io::Error::last_os_error());
+    }
+    Ok(())
+}
+
+fn protect(start: u64, len: u64, prot: i32) -> Result<()> {
+    // SAFETY: changes protection of the region's code pages, which only the
+    // blob (not rcr) executes or writes.
+    if unsafe { libc::mprotect(start as *mut libc::c_void, len as usize, prot) } != 0 {
+        bail!("mprotect of the bootstrap code: {}", std::io::Error::last_os_error());
+    }
+    Ok(())
+}

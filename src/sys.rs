@@ -1,0 +1,124 @@
+//! Thin wrappers over the syscalls rcr calls on itself (not through
+//! ptrace), where std and nix fall short: clone3 with set_tid, fd moves,
+//! raw open flags.
+#![allow(unsafe_code)]
+
+use anyhow::{Context, Result};
+use std::ffi::CStr;
+use std::os::fd::{FromRawFd, OwnedFd, RawFd};
+
+fn cvt(r: libc::c_long) -> std::io::Result<libc::c_long> {
+    if r < 0 {
+        Err(std::io::Error::last_os_error())
+    } else {
+        Ok(r)
+    }
+}
+
+/// open(2) with exactly these flags.
+pub fn open(path: &CStr, flags: i32) -> std::io::Result<OwnedFd> {
+    // SAFETY: path is NUL-terminated; the returned fd is new and ours.
+    let fd = cvt(unsafe { libc::open(path.as_ptr(), flags, 0) } as libc::c_long)?;
+    // SAFETY: fd was just returned by open and is owned by nobody else.
+    Ok(unsafe { OwnedFd::from_raw_fd(fd as RawFd) })
+}
+
+/// Makes `fd` appear as `want` (closing `fd` if it differs) and sets its
+/// close-on-exec bit.
+pub fn move_fd(fd: RawFd, want: RawFd, cloexec: bool) -> std::io::Result<RawFd> {
+    if fd != want {
+        let flags = if cloexec { libc::O_CLOEXEC } else { 0 };
+        // SAFETY: dup3 onto a number we own; `fd` is a fd we opened.
+        cvt(unsafe { libc::dup3(fd, want, flags) } as libc::c_long)?;
+        // SAFETY: closing the temporary fd we opened; `want` holds the file now.
+        unsafe { libc::close(fd) };
+    } else {
+        let v = if cloexec { libc::FD_CLOEXEC } else { 0 };
+        // SAFETY: F_SETFD on a fd we own.
+        cvt(unsafe { libc::fcntl(want, libc::F_SETFD, v) } as libc::c_long)?;
+    }
+    Ok(want)
+}
+
+/// Duplicates `fd` to the lowest number >= `min`, close-on-exec.
+pub fn dup_above(fd: RawFd, min: RawFd) -> std::io::Result<RawFd> {
+    // SAFETY: F_DUPFD_CLOEXEC creates a new fd; `fd` stays valid.
+    Ok(cvt(unsafe { libc::fcntl(fd, libc::F_DUPFD_CLOEXEC, min) } as libc::c_long)? as RawFd)
+}
+
+pub fn lseek(fd: RawFd, pos: u64) -> std::io::Result<()> {
+    // SAFETY: lseek on a fd we own.
+    cvt(unsafe { libc::lseek(fd, pos as libc::off_t, libc::SEEK_SET) } as libc::c_long)?;
+    Ok(())
+}
+
+pub fn set_umask(mask: u32) {
+    // SAFETY: umask(2) cannot fail.
+    unsafe { libc::umask(mask as libc::mode_t) };
+}
+
+/// Closes every open fd of this process except those in `keep`.
+pub fn close_all_except(keep: &[RawFd]) -> Result<()> {
+    let fds: Vec<RawFd> = std::fs::read_dir("/proc/self/fd")
+        .context("listing /proc/self/fd")?
+        .filter_map(|e| e.ok()?.file_name().to_str()?.parse().ok())
+        .collect();
+    for fd in fds {
+        if !keep.contains(&fd) {
+            // SAFETY: closing fds of this (single-threaded, about to be
+            // replaced) process; nothing else uses them any more. The fd of
+            // the read_dir above is already closed (EBADF is harmless).
+            unsafe { libc::close(fd) };
+        }
+    }
+    Ok(())
+}
+
+/// clone3(2) creating a child process with the given PID (CLONE_SET_TID
+/// semantics: `set_tid` with one entry). Returns 0 in the child and the
+/// PID in the parent.
+///
+/// # Safety
+/// The caller must be single-threaded: the child continues on a copy of
+/// the caller's address space with only the calling thread.
+pub unsafe fn clone3_with_pid(pid: i32) -> std::io::Result<i32> {
+    #[repr(C)]
+    struct CloneArgs {
+        flags: u64,
+        pidfd: u64,
+        child_tid: u64,
+        parent_tid: u64,
+        exit_signal: u64,
+        stack: u64,
+        stack_size: u64,
+        tls: u64,
+        set_tid: u64,
+        set_tid_size: u64,
+        cgroup: u64,
+    }
+    let tid: libc::pid_t = pid;
+    let args = CloneArgs {
+        flags: 0,
+        pidfd: 0,
+        child_tid: 0,
+        parent_tid: 0,
+        exit_signal: libc::SIGCHLD as u64,
+        stack: 0,
+        stack_size: 0,
+        tls: 0,
+        set_tid: &tid as *const libc::pid_t as u64,
+        set_tid_size: 1,
+        cgroup: 0,
+    };
+    // SAFETY: args is a valid clone_args of the size passed; with no
+    // CLONE_VM the child gets its own copy of memory and returns here like
+    // fork(). The caller guarantees single-threadedness.
+    let r = unsafe { libc::syscall(libc::SYS_clone3, &args as *const CloneArgs, std::mem::size_of::<CloneArgs>()) };
+    cvt(r).map(|r| r as i32)
+}
+
+pub fn exit_now(code: i32) -> ! {
+    // SAFETY: _exit skips atexit handlers and stdio flushing, which is what
+    // a forked child that failed must do.
+    unsafe { libc::_exit(code) }
+}

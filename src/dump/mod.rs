@@ -45,8 +45,18 @@ pub fn run(o: &Options) -> Result<()> {
     let tracee = freeze(o.pid)?;
     let collected = collect(&tracee)?;
     let dir = ImageDir::create(&o.dir)?;
-    write_images(&tracee, &dir, &collected)?;
+    if let Err(e) = write_images(&tracee, &dir, &collected) {
+        remove_images(&dir, o.pid as u32);
+        return Err(e);
+    }
     finish(tracee, o.leave_running)
+}
+
+/// Removes what a failed dump wrote, so no partial image set is left.
+fn remove_images(dir: &ImageDir, pid: u32) {
+    for kind in Kind::ALL {
+        let _ = std::fs::remove_file(dir.file(kind, Some(pid)));
+    }
 }
 
 /// Refuses what this version cannot carry, naming the reason.

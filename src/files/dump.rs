@@ -42,6 +42,11 @@ pub fn describe(link: &Path, what: &str) -> Result<RegFile> {
 
 fn describe_kind(md: &std::fs::Metadata, target: &str) -> String {
     let fmt = md.mode() & libc::S_IFMT;
+    for kind in ["pipe", "socket"] {
+        if target.starts_with(&format!("{kind}:")) {
+            return kind.to_string();
+        }
+    }
     if target.starts_with("anon_inode:") {
         return format!("anonymous inode ({})", target.trim_start_matches("anon_inode:"));
     }

@@ -375,7 +375,7 @@ fn auxv_name(t: u64) -> String {
 
 fn fmt_vma(o: &mut String, v: &pb::Vma) -> fmt::Result {
     let kind =
-        pb::VmaKind::try_from(v.kind as i32).map(|k| k.as_str_name().to_string()).unwrap_or_else(|_| format!("?({})", v.kind));
+        pb::VmaKind::try_from(v.kind).map(|k| k.as_str_name().to_string()).unwrap_or_else(|_| format!("?({})", v.kind));
     write!(o, "        {:#014x}-{:#014x} {} {:<16} {:<18}", v.start, v.end, prot_str(v.prot, v.flags), kind, map_flags(v.flags))?;
     if v.file_id != 0 || v.pgoff != 0 {
         write!(o, " file {} @{:#x} dev {} ino {}", v.file_id, v.pgoff, dev_str(v.dev), v.inode)?;

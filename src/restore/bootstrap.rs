@@ -38,7 +38,7 @@ pub struct Region {
 
 /// Lowest gap of `len` bytes (plus a guard page on each side) above LOW
 /// that none of `busy` touches.
-pub fn find_hole(busy: &mut Vec<(u64, u64)>, len: u64) -> Result<u64> {
+pub fn find_hole(busy: &mut [(u64, u64)], len: u64) -> Result<u64> {
     busy.sort_unstable();
     let mut cand = LOW;
     for &(s, e) in busy.iter() {
@@ -58,7 +58,7 @@ pub fn find_hole(busy: &mut Vec<(u64, u64)>, len: u64) -> Result<u64> {
 
 impl Region {
     /// Maps the region at a free place and fills everything but the fds.
-    pub fn build(plan: &Plan, core: &pb::TaskCore, busy: &mut Vec<(u64, u64)>, xcr0: u64) -> Result<Region> {
+    pub fn build(plan: &Plan, core: &pb::TaskCore, busy: &mut [(u64, u64)], xcr0: u64) -> Result<Region> {
         let regs = core.regs.as_ref().context("core image: no registers")?;
         let code_len = page_up(blob::RESTORER_MEM_SIZE as u64);
         let args_off = code_len;

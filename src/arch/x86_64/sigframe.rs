@@ -51,7 +51,7 @@ fn put32(buf: &mut [u8], off: usize, v: u32) {
 /// Builds the frame into `buf`, which will live at address `at` (64-byte
 /// aligned) in the restored task. `xcr0` is this CPU's enabled feature set.
 pub fn build(buf: &mut [u8], at: u64, regs: &pb::X86Regs, xsave: &[u8], blocked: u64, xcr0: u64) -> Result<()> {
-    if at % 64 != 0 {
+    if !at.is_multiple_of(64) {
         bail!("sigframe address {at:#x} is not 64-byte aligned");
     }
     if buf.len() < frame_size(xsave.len()) {

@@ -374,8 +374,7 @@ fn auxv_name(t: u64) -> String {
 }
 
 fn fmt_vma(o: &mut String, v: &pb::Vma) -> fmt::Result {
-    let kind =
-        pb::VmaKind::try_from(v.kind).map(|k| k.as_str_name().to_string()).unwrap_or_else(|_| format!("?({})", v.kind));
+    let kind = pb::VmaKind::try_from(v.kind).map(|k| k.as_str_name().to_string()).unwrap_or_else(|_| format!("?({})", v.kind));
     write!(o, "        {:#014x}-{:#014x} {} {:<16} {:<18}", v.start, v.end, prot_str(v.prot, v.flags), kind, map_flags(v.flags))?;
     if v.file_id != 0 || v.pgoff != 0 {
         write!(o, " file {} @{:#x} dev {} ino {}", v.file_id, v.pgoff, dev_str(v.dev), v.inode)?;
@@ -421,7 +420,8 @@ fn fmt_pagemap(o: &mut String, name: &str, v: &[pb::PagemapEntry]) -> fmt::Resul
     for (i, e) in v.iter().enumerate() {
         let end = e.vaddr + u64::from(e.nr_pages) * PAGE_SIZE;
         let present = e.flags & 1 != 0;
-        write!(o, "  [{i}] {:#014x}-{end:#014x} {:>6} pages  flags {:#x}", e.vaddr, e.nr_pages, e.flags)?;
+        let pages = if e.nr_pages == 1 { "page " } else { "pages" };
+        write!(o, "  [{i}] {:#014x}-{end:#014x} {:>6} {pages}  flags {:#x}", e.vaddr, e.nr_pages, e.flags)?;
         if present {
             writeln!(o, " PRESENT, file pages {file_page}..{}", file_page + u64::from(e.nr_pages))?;
             file_page += u64::from(e.nr_pages);

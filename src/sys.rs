@@ -52,6 +52,19 @@ pub fn lseek(fd: RawFd, pos: u64) -> std::io::Result<()> {
     Ok(())
 }
 
+/// lseek(SEEK_DATA) (or SEEK_HOLE with `hole`) from `from`; None when
+/// there is no more data (ENXIO).
+pub fn seek_data(fd: RawFd, from: u64, hole: bool) -> std::io::Result<Option<u64>> {
+    let whence = if hole { libc::SEEK_HOLE } else { libc::SEEK_DATA };
+    // SAFETY: lseek on a fd the caller owns.
+    let r = unsafe { libc::lseek(fd, from as libc::off_t, whence) };
+    if r < 0 {
+        let e = std::io::Error::last_os_error();
+        return if e.raw_os_error() == Some(libc::ENXIO) { Ok(None) } else { Err(e) };
+    }
+    Ok(Some(r as u64))
+}
+
 pub fn set_umask(mask: u32) {
     // SAFETY: umask(2) cannot fail.
     unsafe { libc::umask(mask as libc::mode_t) };

@@ -90,10 +90,29 @@ fn freeze(pid: i32) -> Result<Tracee> {
     Ok(t)
 }
 
+/// Credentials are not carried yet: the restored process gets rcr's. So
+/// refuse a target whose credentials differ from rcr's own, naming them.
+fn check_credentials(pid: i32, status: &HashMap<String, String>) -> Result<()> {
+    let mine = proc::status(std::process::id() as i32)?;
+    const KEYS: [&str; 10] = ["Uid", "Gid", "Groups", "CapInh", "CapPrm", "CapEff", "CapBnd", "CapAmb", "NoNewPrivs", "Seccomp"];
+    for key in KEYS {
+        let (theirs, ours) = (status.get(key), mine.get(key));
+        if theirs != ours {
+            bail!(
+                "pid {pid} has {key} {:?} but rcr runs with {:?}; rcr cannot carry credentials yet",
+                theirs.map(String::as_str).unwrap_or("?"),
+                ours.map(String::as_str).unwrap_or("?")
+            );
+        }
+    }
+    Ok(())
+}
+
 fn collect(t: &Tracee) -> Result<Collected> {
     let pid = t.pid();
     let st = proc::stat(pid)?;
     let status = proc::status(pid)?;
+    check_credentials(pid, &status)?;
     let core = collect_core(t, &st, &status)?;
     let mut files = FileTable::default();
     let maps = proc::smaps(pid)?;

@@ -32,6 +32,18 @@ pub fn check(what: &str, f: &RegFile) -> Result<()> {
     Ok(())
 }
 
+/// Like [`check`], and also refuses a file whose size or mtime changed: the
+/// content of a mapped file shows through the restored mapping.
+pub fn check_unchanged(what: &str, f: &RegFile) -> Result<()> {
+    check(what, f)?;
+    let md = std::fs::metadata(&f.path).with_context(|| format!("{what}: {} is gone", f.path))?;
+    let mtime = md.mtime() * 1_000_000_000 + md.mtime_nsec();
+    if md.size() != f.size || mtime != f.mtime_ns {
+        bail!("{what}: {} was modified since the dump (size {} mtime {} ns, saved {} and {})", f.path, md.size(), mtime, f.size, f.mtime_ns);
+    }
+    Ok(())
+}
+
 /// Checks every file the images refer to.
 pub fn check_all(table: &FileTable, fds: &[FdEntry]) -> Result<()> {
     for fd in fds {

@@ -6,7 +6,7 @@
 //! | VMA               | saved pages                                        |
 //! |-------------------|----------------------------------------------------|
 //! | private anonymous | present or swapped, except all-zero pages          |
-//! | shared anonymous  | present or swapped                                 |
+//! | shared anonymous  | all data pages of the shmem object (SEEK_DATA), except all-zero ones |
 //! | private file      | written ones: present and not a file page, or swapped |
 //! | shared file       | none: the file holds the content                   |
 //! | vDSO, vvar        | none: the kernel provides them                     |
@@ -150,7 +150,7 @@ fn pages_to_save(pagemap: &std::fs::File, vma: &Vma) -> Result<Vec<bool>> {
         .map(|c| {
             let e = u64::from_le_bytes(c.try_into().unwrap_or([0; 8]));
             match kind {
-                VmaKind::VmaAnonPrivate | VmaKind::VmaAnonShared => e & (PM_PRESENT | PM_SWAP) != 0,
+                VmaKind::VmaAnonPrivate => e & (PM_PRESENT | PM_SWAP) != 0,
                 VmaKind::VmaFilePrivate => e & PM_SWAP != 0 || (e & PM_PRESENT != 0 && e & PM_FILE == 0),
                 _ => false,
             }
@@ -170,6 +170,10 @@ pub fn dump_pages(pid: i32, vmas: &[Vma], sink: &mut dyn PageSink) -> Result<u64
     let mut buf = vec![0u8; CHUNK as usize];
     let mut saved = 0;
     for vma in vmas {
+        if vma.kind == VmaKind::VmaAnonShared as i32 {
+            saved += dump_shmem(pid, vma, &mut buf, sink)?;
+            continue;
+        }
         let want = pages_to_save(&pagemap, vma)?;
         let skip_zero = vma.kind == VmaKind::VmaAnonPrivate as i32;
         let mut i = 0;
@@ -189,6 +193,37 @@ pub fn dump_pages(pid: i32, vmas: &[Vma], sink: &mut dyn PageSink) -> Result<u64
             saved += put_run(sink, addr, &buf[..len], skip_zero)?;
             i = j;
         }
+    }
+    Ok(saved)
+}
+
+/// Shared anonymous memory lives in a shmem object; pages this process
+/// never faulted in, or that were swapped out, leave no trace in its
+/// pagemap. So read the object itself through /proc/PID/map_files,
+/// finding its data with SEEK_DATA/SEEK_HOLE.
+fn dump_shmem(pid: i32, vma: &Vma, buf: &mut [u8], sink: &mut dyn PageSink) -> Result<u64> {
+    use std::os::fd::AsRawFd;
+    let what = || format!("shared anonymous mapping {:#x}-{:#x}", vma.start, vma.end);
+    let link = proc::path(pid, &format!("map_files/{:x}-{:x}", vma.start, vma.end));
+    let f = std::fs::File::open(&link).with_context(|| format!("{}: opening {}", what(), link.display()))?;
+    let end = vma.pgoff + (vma.end - vma.start);
+    let mut saved = 0;
+    let mut off = vma.pgoff;
+    while off < end {
+        let data = match crate::sys::seek_data(f.as_raw_fd(), off, false) {
+            Ok(Some(d)) if d < end => d & !(PAGE_SIZE - 1),
+            Ok(_) => break,
+            Err(e) => return Err(e).with_context(what),
+        };
+        let hole = crate::sys::seek_data(f.as_raw_fd(), data, true).with_context(what)?.unwrap_or(end).min(end);
+        let mut pos = data;
+        while pos < hole {
+            let len = (hole - pos).min(buf.len() as u64) as usize;
+            f.read_exact_at(&mut buf[..len], pos).with_context(what)?;
+            saved += put_run(sink, vma.start + (pos - vma.pgoff), &buf[..len], true)?;
+            pos += len as u64;
+        }
+        off = hole;
     }
     Ok(saved)
 }

@@ -73,6 +73,9 @@ fn load(path: &std::path::Path) -> Result<Loaded> {
     if inv.format_version != FORMAT_VERSION {
         bail!("inventory.img: format_version {} (this rcr reads {})", inv.format_version, FORMAT_VERSION);
     }
+    if !inv.parent.is_empty() {
+        bail!("inventory.img: parent {:?}: incremental image sets are not supported yet", inv.parent);
+    }
     let tree: Vec<pb::PstreeEntry> = dir.read_all(Kind::Pstree, None)?;
     let pstree = match tree.as_slice() {
         [one] => one.clone(),
@@ -83,6 +86,9 @@ fn load(path: &std::path::Path) -> Result<Loaded> {
     }
     let pid = Some(pstree.pid);
     let core: pb::TaskCore = dir.read_one(Kind::Core, pid)?;
+    if core.state != pb::TaskState::Alive as i32 {
+        bail!("core-{}.img: task state {} is not one this rcr restores", pstree.pid, core.state);
+    }
     let mm: pb::Mm = dir.read_one(Kind::Mm, pid)?;
     let pagemap: Vec<pb::PagemapEntry> = dir.read_all(Kind::Pagemap, pid)?;
     let files = FileTable::from_images(dir.read_all(Kind::Files, None)?);
@@ -104,8 +110,8 @@ fn check_pages_file(path: &std::path::Path, pagemap: &[pb::PagemapEntry]) -> Res
     let pages: u64 = pagemap.iter().map(|p| u64::from(p.nr_pages)).sum();
     let need = crate::images::PAGES_DATA_OFFSET + pages * crate::images::PAGE_SIZE;
     let have = f.metadata()?.len();
-    if have < need {
-        bail!("{}: {} bytes, but the pagemap needs {}", path.display(), have, need);
+    if have != need {
+        bail!("{}: {} bytes, but the pagemap describes {}", path.display(), have, need);
     }
     Ok(())
 }

@@ -129,18 +129,28 @@ fn open_mapping_fds(l: &Loaded, region: &mut Region) -> Result<()> {
     Ok(())
 }
 
+/// Sets every signal to SIG_IGN or SIG_DFL as saved. Raw rt_sigaction:
+/// glibc's sigaction() refuses the signals it reserves (32, 33).
 fn restore_dispositions(ignored: u64) -> Result<()> {
+    #[repr(C)]
+    struct KernelSigaction {
+        handler: usize,
+        flags: u64,
+        restorer: usize,
+        mask: u64,
+    }
     for sig in 1..=64 {
         if sig == libc::SIGKILL || sig == libc::SIGSTOP {
             continue;
         }
         let handler = if ignored & (1u64 << (sig - 1)) != 0 { libc::SIG_IGN } else { libc::SIG_DFL };
-        // SAFETY: installs SIG_IGN/SIG_DFL only (no handler code runs).
-        let mut sa: libc::sigaction = unsafe { std::mem::zeroed() };
-        sa.sa_sigaction = handler;
-        // SAFETY: sa is a valid sigaction; glibc refuses its reserved
-        // signals 32 and 33 with EINVAL, which is fine (they stay default).
-        unsafe { libc::sigaction(sig, &sa, std::ptr::null_mut()) };
+        let sa = KernelSigaction { handler, flags: 0, restorer: 0, mask: 0 };
+        // SAFETY: sa is a kernel sigaction of the size passed (8-byte
+        // sigset); SIG_IGN/SIG_DFL run no code in this process.
+        let r = unsafe { libc::syscall(libc::SYS_rt_sigaction, sig, &sa as *const KernelSigaction, 0usize, 8usize) };
+        if r != 0 {
+            bail!("rt_sigaction signal {sig}: {}", std::io::Error::last_os_error());
+        }
     }
     Ok(())
 }

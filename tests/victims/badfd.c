@@ -1,0 +1,45 @@
+/*
+ * badfd: a process rcr must refuse to dump.
+ *
+ * Holds a pipe (mode "pipe") or a unix socketpair (mode "socket") on fds
+ * 10 and 11, with a message in flight. rcr dump must refuse it, name the
+ * fd in its error, and leave it running untouched: after go the message is
+ * still there to read.
+ *
+ * usage: badfd GO_FILE pipe|socket
+ */
+#include "victim.h"
+#include <sys/socket.h>
+
+#define MSG "still here"
+
+int main(int argc, char **argv)
+{
+	char buf[32] = { 0 };
+	int fds[2], rc;
+
+	need_args(argc, argv, 2, "GO_FILE pipe|socket");
+	if (!strcmp(argv[2], "pipe"))
+		rc = pipe(fds);
+	else if (!strcmp(argv[2], "socket"))
+		rc = socketpair(AF_UNIX, SOCK_STREAM, 0, fds);
+	else
+		fail("unknown mode %s", argv[2]);
+	if (rc)
+		fail("%s: %s", argv[2], strerror(errno));
+	/* fds[0] reads, fds[1] writes; put them on fixed numbers. */
+	if (dup2(fds[0], 10) != 10 || dup2(fds[1], 11) != 11)
+		fail("dup2: %s", strerror(errno));
+	close(fds[0]);
+	close(fds[1]);
+	if (write(11, MSG, sizeof(MSG)) != sizeof(MSG))
+		fail("write: %s", strerror(errno));
+
+	printf("%s fds 10 11\n", argv[2]);
+	ready();
+	wait_for_go(argv[1]);
+
+	if (read(10, buf, sizeof(buf)) != sizeof(MSG) || strcmp(buf, MSG))
+		fail("the message in the %s is gone", argv[2]);
+	pass();
+}

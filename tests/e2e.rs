@@ -320,3 +320,45 @@ fn show_json() {
     assert!(out.status.success(), "rcr show failed ({}):\n{}", describe(out.status), out.stderr);
     assert!(out.stdout.contains(&t.pid.to_string()), "rcr show output does not mention pid {}:\n{}", t.pid, out.stdout);
 }
+
+/// Restore refuses a PID that is taken (here: the original, left running
+/// by -R), says so, and creates nothing; the original is unharmed.
+#[test]
+fn refused_restore_pid_in_use() {
+    let Some(mut t) = TestEnv::new("refused_restore_pid_in_use") else { return };
+    t.spawn_victim("heap", &[], false);
+    t.wait_ready();
+    let before = snapshot(t.pid);
+    t.dump_ok(&["-R"]);
+    let images = t.images.to_string_lossy().into_owned();
+    let out = t.rcr("restore-pid-in-use", &["restore", "-D", &images]);
+    assert!(!out.status.success(), "restore over a live pid succeeded");
+    assert!(out.stderr.contains(&format!("pid {} is in use", t.pid)), "stderr does not name the pid: {}", out.stderr);
+    assert_same_snapshot(&before, &snapshot(t.pid), "original after the refused restore");
+    t.go("");
+    let st = t.wait_victim_exit();
+    assert!(st.success(), "the original exited with {}", describe(st));
+    t.assert_log_pass(1);
+}
+
+/// A file replaced between dump and restore is refused by name, before
+/// any process is created.
+#[test]
+fn refused_restore_replaced_file() {
+    let Some(mut t) = TestEnv::new("refused_restore_replaced_file") else { return };
+    let dir = t.dir.to_string_lossy().into_owned();
+    t.spawn_victim("regfile", &[&dir], false);
+    t.wait_ready();
+    t.dump_ok(&[]);
+    t.reap_victim();
+    let data = t.path("regfile.dat");
+    let content = fs::read(&data).unwrap();
+    fs::remove_file(&data).unwrap();
+    fs::write(&data, content).unwrap(); // same bytes, another inode
+    wait_pid_gone(t.pid, "the dumped victim");
+    let images = t.images.to_string_lossy().into_owned();
+    let out = t.rcr("restore-replaced", &["restore", "-D", &images]);
+    assert!(!out.status.success(), "restore with a replaced file succeeded");
+    assert!(out.stderr.contains("regfile.dat") && out.stderr.contains("replaced"), "stderr does not name the file: {}", out.stderr);
+    assert!(!pid_exists(t.pid), "a process with pid {} exists after the refused restore", t.pid);
+}

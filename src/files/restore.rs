@@ -10,7 +10,8 @@ use std::os::unix::fs::MetadataExt;
 const CREATE_FLAGS: u32 = (libc::O_CREAT | libc::O_EXCL | libc::O_TRUNC | libc::O_NOCTTY) as u32;
 
 /// Refuses files that are gone or were replaced since the dump, and
-/// read-only files whose size changed.
+/// read-only files whose size or mtime changed (a file the process writes
+/// itself, such as its log, may legitimately change).
 pub fn check(what: &str, f: &RegFile) -> Result<()> {
     let md = std::fs::metadata(&f.path).with_context(|| format!("{what}: {} is gone", f.path))?;
     if md.mode() & libc::S_IFMT != f.mode & libc::S_IFMT {
@@ -26,8 +27,23 @@ pub fn check(what: &str, f: &RegFile) -> Result<()> {
         bail!("{what}: {} was replaced since the dump (inode {} on device {:#x}, saved {} on {:#x})", f.path, md.ino(), md.dev(), f.inode, f.dev);
     }
     let read_only = f.flags & libc::O_ACCMODE as u32 == libc::O_RDONLY as u32;
-    if read_only && md.mode() & libc::S_IFMT == libc::S_IFREG && md.size() != f.size {
-        bail!("{what}: {} changed size since the dump ({} bytes, saved {})", f.path, md.size(), f.size);
+    if read_only && md.mode() & libc::S_IFMT == libc::S_IFREG {
+        unchanged(what, f, &md)?;
+    }
+    Ok(())
+}
+
+fn unchanged(what: &str, f: &RegFile, md: &std::fs::Metadata) -> Result<()> {
+    let mtime = md.mtime() * 1_000_000_000 + md.mtime_nsec();
+    if md.size() != f.size || mtime != f.mtime_ns {
+        bail!(
+            "{what}: {} was replaced or modified since the dump (size {} mtime {} ns, saved {} and {})",
+            f.path,
+            md.size(),
+            mtime,
+            f.size,
+            f.mtime_ns
+        );
     }
     Ok(())
 }
@@ -37,11 +53,7 @@ pub fn check(what: &str, f: &RegFile) -> Result<()> {
 pub fn check_unchanged(what: &str, f: &RegFile) -> Result<()> {
     check(what, f)?;
     let md = std::fs::metadata(&f.path).with_context(|| format!("{what}: {} is gone", f.path))?;
-    let mtime = md.mtime() * 1_000_000_000 + md.mtime_nsec();
-    if md.size() != f.size || mtime != f.mtime_ns {
-        bail!("{what}: {} was modified since the dump (size {} mtime {} ns, saved {} and {})", f.path, md.size(), mtime, f.size, f.mtime_ns);
-    }
-    Ok(())
+    unchanged(what, f, &md)
 }
 
 /// Checks every file the images refer to.

@@ -196,11 +196,11 @@ impl Tracee {
         }
     }
 
-    /// Continues the task, delivering `sig` (0 for none), and waits for its
-    /// next stop.
-    pub fn cont(&self, sig: i32) -> Result<Stop> {
+    /// Continues the task, delivering `sig` (0 for none); the caller waits
+    /// for its next stop.
+    pub fn cont(&self, sig: i32) -> Result<()> {
         ptrace(libc::PTRACE_CONT, self.pid, 0, sig as usize).with_context(|| format!("PTRACE_CONT pid {}", self.pid))?;
-        wait_stop(self.pid)
+        Ok(())
     }
 
     /// Runs one syscall inside the stopped task, using a `syscall`

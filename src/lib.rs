@@ -49,8 +49,9 @@
 //!
 //! ## Unsafe code
 //!
-//! Only [`infect`], [`arch`], [`restore`]'s fork and bootstrap steps and
-//! [`sys`] contain `unsafe`; each block states its invariant.
+//! Only [`infect`], [`arch`], [`sys`] and the restore child and bootstrap
+//! region ([`restore::child`], [`restore::bootstrap`], plus the clone3 call
+//! in [`restore`]) contain `unsafe`; each block states its invariant.
 #![deny(unsafe_code)]
 
 pub mod arch;

@@ -13,7 +13,6 @@
 //! A pages file has no entries; its JSON object carries `"pages": {"nr_pages", "size"}`.
 use crate::images::{self, pb, Kind, PAGE_SIZE};
 use anyhow::{bail, Context, Result};
-use prost::Message;
 use serde::Serialize;
 use std::fmt::{self, Write as _};
 use std::io::{Read, Write as _};
@@ -105,26 +104,16 @@ fn load(path: &Path) -> Result<(Kind, Body)> {
 
 fn decode_body(path: &Path, kind: Kind, raw: &[Vec<u8>]) -> Result<Body> {
     Ok(match kind {
-        Kind::Inventory => Body::Inventory(decode(path, kind, raw)?),
-        Kind::Pstree => Body::Pstree(decode(path, kind, raw)?),
-        Kind::Core => Body::Core(decode(path, kind, raw)?),
-        Kind::Mm => Body::Mm(decode(path, kind, raw)?),
-        Kind::Pagemap => Body::Pagemap(decode(path, kind, raw)?),
-        Kind::Files => Body::Files(decode(path, kind, raw)?),
-        Kind::Fdinfo => Body::Fdinfo(decode(path, kind, raw)?),
-        Kind::Fs => Body::Fs(decode(path, kind, raw)?),
+        Kind::Inventory => Body::Inventory(images::decode_entries(path, kind, raw)?),
+        Kind::Pstree => Body::Pstree(images::decode_entries(path, kind, raw)?),
+        Kind::Core => Body::Core(images::decode_entries(path, kind, raw)?),
+        Kind::Mm => Body::Mm(images::decode_entries(path, kind, raw)?),
+        Kind::Pagemap => Body::Pagemap(images::decode_entries(path, kind, raw)?),
+        Kind::Files => Body::Files(images::decode_entries(path, kind, raw)?),
+        Kind::Fdinfo => Body::Fdinfo(images::decode_entries(path, kind, raw)?),
+        Kind::Fs => Body::Fs(images::decode_entries(path, kind, raw)?),
         Kind::Pages => bail!("{}: a pages file holds raw pages, not entries", path.display()),
     })
-}
-
-fn decode<M: Message + Default>(path: &Path, kind: Kind, raw: &[Vec<u8>]) -> Result<Vec<M>> {
-    raw.iter()
-        .enumerate()
-        .map(|(i, b)| {
-            M::decode(b.as_slice())
-                .with_context(|| format!("{}: entry {i} ({} bytes) does not decode as {kind:?}", path.display(), b.len()))
-        })
-        .collect()
 }
 
 /// Checks the header page of a pages file (`f` is positioned after the

@@ -9,10 +9,20 @@ use std::os::unix::fs::MetadataExt;
 /// Flags that only make sense when a file is first created.
 const CREATE_FLAGS: u32 = (libc::O_CREAT | libc::O_EXCL | libc::O_TRUNC | libc::O_NOCTTY) as u32;
 
+/// Whether a file's content must be as it was at dump time.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Content {
+    /// Only read-only regular files must be unchanged: a file the process
+    /// writes itself (its log, a shared mapping) may legitimately change.
+    MayChange,
+    /// The content shows through (the unwritten pages of a private
+    /// mapping), so size and mtime must match.
+    Unchanged,
+}
+
 /// Refuses files that are gone or were replaced since the dump, and
-/// read-only files whose size or mtime changed (a file the process writes
-/// itself, such as its log, may legitimately change).
-pub fn check(what: &str, f: &RegFile) -> Result<()> {
+/// files whose size or mtime changed where that matters (see [`Content`]).
+pub fn check(what: &str, f: &RegFile, content: Content) -> Result<()> {
     let md = std::fs::metadata(&f.path).with_context(|| format!("{what}: {} is gone", f.path))?;
     if md.mode() & libc::S_IFMT != f.mode & libc::S_IFMT {
         bail!("{what}: {} is now a {}, it was a {}", f.path, super::file_type(md.mode()), super::file_type(f.mode));
@@ -27,7 +37,7 @@ pub fn check(what: &str, f: &RegFile) -> Result<()> {
         bail!("{what}: {} was replaced since the dump (inode {} on device {:#x}, saved {} on {:#x})", f.path, md.ino(), md.dev(), f.inode, f.dev);
     }
     let read_only = f.flags & libc::O_ACCMODE as u32 == libc::O_RDONLY as u32;
-    if read_only && md.mode() & libc::S_IFMT == libc::S_IFREG {
+    if (read_only || content == Content::Unchanged) && md.mode() & libc::S_IFMT == libc::S_IFREG {
         unchanged(what, f, &md)?;
     }
     Ok(())
@@ -48,19 +58,11 @@ fn unchanged(what: &str, f: &RegFile, md: &std::fs::Metadata) -> Result<()> {
     Ok(())
 }
 
-/// Like [`check`], and also refuses a file whose size or mtime changed: the
-/// content of a mapped file shows through the restored mapping.
-pub fn check_unchanged(what: &str, f: &RegFile) -> Result<()> {
-    check(what, f)?;
-    let md = std::fs::metadata(&f.path).with_context(|| format!("{what}: {} is gone", f.path))?;
-    unchanged(what, f, &md)
-}
-
 /// Checks every file the images refer to.
 pub fn check_all(table: &FileTable, fds: &[FdEntry]) -> Result<()> {
     for fd in fds {
         let f = table.get(fd.file_id).with_context(|| format!("fdinfo: fd {} refers to unknown file id {}", fd.fd, fd.file_id))?;
-        check(&format!("fd {}", fd.fd), f)?;
+        check(&format!("fd {}", fd.fd), f, Content::MayChange)?;
     }
     Ok(())
 }

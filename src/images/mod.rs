@@ -230,9 +230,17 @@ pub fn read_raw_entries(path: &Path, want: Option<Kind>) -> Result<(Kind, Vec<Ve
 
 pub fn read_entries<M: Message + Default>(path: &Path, kind: Kind) -> Result<Vec<M>> {
     let (_, raw) = read_raw_entries(path, Some(kind))?;
+    decode_entries(path, kind, &raw)
+}
+
+/// Decodes raw entries of `path` as messages of type `M`.
+pub fn decode_entries<M: Message + Default>(path: &Path, kind: Kind, raw: &[Vec<u8>]) -> Result<Vec<M>> {
     raw.iter()
         .enumerate()
-        .map(|(i, b)| M::decode(b.as_slice()).with_context(|| format!("{}: entry {} does not decode", path.display(), i)))
+        .map(|(i, b)| {
+            M::decode(b.as_slice())
+                .with_context(|| format!("{}: entry {i} ({} bytes) does not decode as {kind:?}", path.display(), b.len()))
+        })
         .collect()
 }
 

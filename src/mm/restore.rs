@@ -47,14 +47,9 @@ pub fn plan(mm: &Mm, pagemap: &[PagemapEntry], files: &FileTable, self_maps: &[M
         }
         if matches!(kind, VmaKind::VmaFilePrivate | VmaKind::VmaFileShared) {
             let f = files.get(v.file_id).with_context(|| format!("mm image: vma {i} ({:#x}) refers to unknown file id {}", v.start, v.file_id))?;
-            let what = format!("mapping {:#x}-{:#x}", v.start, v.end);
-            if kind == VmaKind::VmaFilePrivate {
-                // Unwritten pages of a private mapping come from the file.
-                crate::files::restore::check_unchanged(&what, f)?;
-            } else {
-                // A shared mapping's content is the file, changes included.
-                crate::files::restore::check(&what, f)?;
-            }
+            use crate::files::restore::{check, Content};
+            let content = if kind == VmaKind::VmaFilePrivate { Content::Unchanged } else { Content::MayChange };
+            check(&format!("mapping {:#x}-{:#x}", v.start, v.end), f, content)?;
         }
         let has_pages = pagemap.iter().any(|p| p.vaddr < v.end && p.vaddr + u64::from(p.nr_pages) * PAGE_SIZE > v.start);
         let map_prot = if has_pages { v.prot | PROT_WRITE | PROT_READ } else { v.prot };

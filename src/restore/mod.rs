@@ -58,11 +58,8 @@ pub fn run(o: &Options) -> Result<i32> {
     let mut busy = crate::mm::restore::occupied(&loaded.mm);
     busy.extend(proc::maps(std::process::id() as i32)?.iter().map(|m| (m.start, m.end)));
     let region = Region::build(&loaded.plan, &loaded.core, &mut busy, arch::xcr0())?;
-    let (tracee, region_start, region_len, insn) = {
-        let (s, l, i) = (region.start, region.len, region.syscall_insn());
-        let t = fork_task(&loaded, region)?;
-        (t, s, l, i)
-    };
+    let (region_start, region_len, insn) = (region.start, region.len, region.syscall_insn());
+    let tracee = fork_task(&loaded, region)?;
     supervise(&loaded, tracee, region_start, region_len, insn)?;
     finish(o, loaded.pstree.pid as i32)
 }
@@ -123,7 +120,7 @@ fn validate(l: &Loaded) -> Result<()> {
     }
     crate::files::restore::check_all(&l.files, &l.fds)?;
     if let Some(exe) = l.files.get(l.mm.exe_file_id) {
-        crate::files::restore::check("exe link", exe)?;
+        crate::files::restore::check("exe link", exe, crate::files::restore::Content::MayChange)?;
     }
     arch::check_xsave_compatible(&l.core.xsave, host_xsave_size())?;
     Ok(())

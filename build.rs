@@ -1,5 +1,5 @@
 //! Build script: generates the image types from `proto/` and builds the
-//! restorer blob into a flat, checked, embeddable binary.
+//! two blobs (restorer and parasite) into flat, checked, embeddable binaries.
 //!
 //! Protobuf: `protox` parses the schema in pure Rust, so `cargo build`
 //! needs no `protoc` on the machine and no generated code is checked in.
@@ -22,6 +22,7 @@ fn main() {
     build_protos(&out);
     let mut consts = String::new();
     build_blob(&out, "restorer-blob", "restorer", &["__rcr_blob_entry", "__rcr_syscall_insn"], &mut consts);
+    build_blob(&out, "parasite", "parasite", &["__rcr_blob_entry"], &mut consts);
     std::fs::write(out.join("blobs.rs"), consts).expect("write blobs.rs");
 }
 
@@ -31,6 +32,7 @@ fn build_protos(out: &Path) {
     let mut cfg = prost_build::Config::new();
     cfg.type_attribute(".", "#[derive(serde::Serialize)]");
     cfg.field_attribute("rcr.images.TaskCore.xsave", "#[serde(serialize_with = \"crate::images::serde_hex\")]");
+    cfg.field_attribute("rcr.images.PendingSignal.siginfo", "#[serde(serialize_with = \"crate::images::serde_hex\")]");
     cfg.out_dir(out);
     cfg.compile_fds(fds).expect("generate image types");
 }
@@ -49,11 +51,13 @@ fn build_blob(out: &Path, dir: &str, bin: &str, exports: &[&str], consts: &mut S
     let manifest_dir = PathBuf::from(env::var("CARGO_MANIFEST_DIR").expect("CARGO_MANIFEST_DIR"));
     let crate_dir = manifest_dir.join(dir);
     println!("cargo:rerun-if-changed={}", crate_dir.join("src").display());
-    println!("cargo:rerun-if-changed={}", crate_dir.join("link.ld").display());
+
     println!("cargo:rerun-if-changed={}", crate_dir.join("Cargo.toml").display());
     println!("cargo:rerun-if-changed=abi/src");
+    println!("cargo:rerun-if-changed=abi/blob.ld");
     let target_dir = out.join(format!("{dir}-target"));
-    let script = crate_dir.join("link.ld");
+    // One linker script for both blobs (entry first, flat): part of the ABI.
+    let script = manifest_dir.join("abi/blob.ld");
     let flags = [
         "-Crelocation-model=pie".to_string(),
         "-Cpanic=abort".to_string(),

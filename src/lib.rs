@@ -55,8 +55,10 @@
 #![deny(unsafe_code)]
 
 pub mod arch;
+pub mod blobs;
 pub mod check;
 pub mod dump;
+pub mod fault;
 pub mod files;
 pub mod images;
 pub mod infect;

@@ -53,6 +53,11 @@ fn emit(level: u8, tag: &str, msg: &str) {
 pub fn error(msg: &str) {
     emit(0, "error: ", msg);
 }
+
+pub fn warn(msg: &str) {
+    emit(0, "warning: ", msg);
+}
+
 /// Shown with -v.
 pub fn info(msg: &str) {
     emit(1, "", msg);

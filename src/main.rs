@@ -28,6 +28,11 @@ enum Cmd {
         /// Leave the process running after the dump instead of killing it.
         #[arg(short = 'R', long = "leave-running")]
         leave_running: bool,
+        /// How pages leave the process: the parasite writes them to the
+        /// image (write), vmsplices them to rcr (splice), or rcr reads them
+        /// from outside (readv, the fallback).
+        #[arg(long = "pages-via", value_enum, default_value_t = rcr::dump::PagesVia::Write)]
+        pages_via: rcr::dump::PagesVia,
     },
     /// Restore a process from an image directory.
     Restore {
@@ -59,7 +64,9 @@ fn main() {
         std::process::exit(1);
     }
     let result = match cli.cmd {
-        Cmd::Dump { pid, dir, leave_running } => rcr::dump::run(&rcr::dump::Options { pid, dir, leave_running }).map(|()| 0),
+        Cmd::Dump { pid, dir, leave_running, pages_via } => {
+            rcr::dump::run(&rcr::dump::Options { pid, dir, leave_running, pages_via }).map(|()| 0)
+        }
         Cmd::Restore { dir, detached, pidfile } => rcr::restore::run(&rcr::restore::Options { dir, detached, pidfile }),
         Cmd::Show { dir, json } => rcr::show::run(&dir, json).map(|()| 0),
         Cmd::Check => rcr::check::run(),

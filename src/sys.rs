@@ -135,3 +135,67 @@ pub fn exit_now(code: i32) -> ! {
     // a forked child that failed must do.
     unsafe { libc::_exit(code) }
 }
+
+/// Page frame number of the kernel's shared zero page (what an anonymous
+/// page that was read but never written maps), from rcr's own pagemap.
+/// `None` without the privilege to see frame numbers.
+pub fn zero_page_pfn() -> Option<u64> {
+    use std::os::unix::fs::FileExt;
+    static PFN: std::sync::OnceLock<Option<u64>> = std::sync::OnceLock::new();
+    *PFN.get_or_init(|| {
+        // SAFETY: a fresh private anonymous read-only page, only read below
+        // and unmapped before returning.
+        let p = unsafe { libc::mmap(std::ptr::null_mut(), 4096, libc::PROT_READ, libc::MAP_PRIVATE | libc::MAP_ANONYMOUS, -1, 0) };
+        if p == libc::MAP_FAILED {
+            return None;
+        }
+        // SAFETY: p is a readable page; the volatile read faults in the zero page.
+        unsafe { std::ptr::read_volatile(p as *const u8) };
+        let mut e = [0u8; 8];
+        let ok = std::fs::File::open("/proc/self/pagemap").and_then(|f| f.read_exact_at(&mut e, p as u64 / 4096 * 8));
+        // SAFETY: unmapping the page mapped above.
+        unsafe { libc::munmap(p, 4096) };
+        let e = u64::from_le_bytes(e);
+        let pfn = e & ((1 << 55) - 1);
+        (ok.is_ok() && e & (1 << 63) != 0 && pfn != 0).then_some(pfn)
+    })
+}
+
+/// A pipe (both ends close-on-exec), grown to `size` bytes if allowed.
+pub fn pipe(size: i32) -> std::io::Result<(OwnedFd, OwnedFd)> {
+    let mut fds = [0; 2];
+    // SAFETY: pipe2 writes two new fds into `fds`.
+    cvt(unsafe { libc::pipe2(fds.as_mut_ptr(), libc::O_CLOEXEC) } as libc::c_long)?;
+    // SAFETY: both fds were just created and are owned by nobody else.
+    let (r, w) = unsafe { (OwnedFd::from_raw_fd(fds[0]), OwnedFd::from_raw_fd(fds[1])) };
+    // SAFETY: F_SETPIPE_SZ on our pipe; failure (above pipe-max-size) is harmless.
+    unsafe { libc::fcntl(fds[0], libc::F_SETPIPE_SZ, size) };
+    Ok((r, w))
+}
+
+/// splice(2) from a pipe into a file at `off`: moves up to `len` bytes.
+pub fn splice_to_file(pipe: RawFd, file: RawFd, off: u64, len: u64) -> std::io::Result<u64> {
+    let mut off = off as libc::loff_t;
+    // SAFETY: splice between two fds the caller owns; `off` is a local.
+    let n = unsafe { libc::splice(pipe, std::ptr::null_mut(), file, &mut off, len as usize, libc::SPLICE_F_MOVE) };
+    Ok(cvt(n as libc::c_long)? as u64)
+}
+
+/// Waits until one of `fds` is readable (or hung up); returns its index.
+pub fn poll_readable(fds: &[RawFd]) -> std::io::Result<usize> {
+    let mut p: Vec<libc::pollfd> = fds.iter().map(|&fd| libc::pollfd { fd, events: libc::POLLIN, revents: 0 }).collect();
+    loop {
+        // SAFETY: `p` is a live array of p.len() pollfds.
+        let r = unsafe { libc::poll(p.as_mut_ptr(), p.len() as libc::nfds_t, -1) };
+        if r < 0 {
+            let e = std::io::Error::last_os_error();
+            if e.kind() == std::io::ErrorKind::Interrupted {
+                continue;
+            }
+            return Err(e);
+        }
+        if let Some(i) = p.iter().position(|x| x.revents != 0) {
+            return Ok(i);
+        }
+    }
+}

@@ -261,9 +261,9 @@ fn refused_dump_socketpair() {
 }
 
 #[test]
-fn refused_dump_signal_handler() {
-    refused("refused_handler", "unsupported", "handler", "the signal (10, SIGUSR1)", |e| {
-        e.to_lowercase().contains("signal") && (e.contains("10") || e.contains("USR1"))
+fn refused_dump_pdeathsig() {
+    refused("refused_pdeathsig", "unsupported", "pdeathsig", "the parent-death signal (12)", |e| {
+        e.contains("parent-death signal") && e.contains("12")
     });
 }
 

@@ -126,6 +126,10 @@ pub struct RestoreArgs {
     pub rseq_ptr: u64,
     pub rseq_len: u32,
     pub rseq_sig: u32,
+    /// set_tid_address(2) value (clear_child_tid), 0 to leave as is.
+    pub tid_address: u64,
+    /// ITIMER_REAL, ITIMER_VIRTUAL, ITIMER_PROF, armed last of all.
+    pub itimers: [parasite::ITimerVal; 3],
 }
 
 /// Steps the blob reports on failure (in `rdi` at its final `int3`, with
@@ -144,6 +148,7 @@ pub enum RestoreStep {
     SetTls = 9,
     CloseFds = 10,
     Rseq = 11,
+    Itimers = 12,
 }
 
 impl RestoreStep {
@@ -160,6 +165,7 @@ impl RestoreStep {
             9 => Self::SetTls,
             10 => Self::CloseFds,
             11 => Self::Rseq,
+            12 => Self::Itimers,
             _ => return None,
         })
     }
@@ -177,6 +183,7 @@ impl RestoreStep {
             Self::SetTls => "setting fs/gs base",
             Self::CloseFds => "closing its helper fds",
             Self::Rseq => "registering rseq",
+            Self::Itimers => "arming itimer",
         }
     }
 }
@@ -194,7 +201,7 @@ assert_layout!(SpecialMapping, size = 32, cur = 0, park = 8, target = 16, len = 
 assert_layout!(PrctlMmMap, size = 104, auxv = 88, auxv_size = 96, exe_fd = 100);
 assert_layout!(
     RestoreArgs,
-    size = 88 + 96 + 104 + 1024 + 8 + 16,
+    size = 88 + 96 + 104 + 1024 + 8 + 16 + 8 + 96,
     stack_top = 0,
     magic = 8,
     region_start = 16,
@@ -207,4 +214,10 @@ assert_layout!(
     rseq_ptr = 1320,
     rseq_len = 1328,
     rseq_sig = 1332,
+    tid_address = 1336,
+    itimers = 1344,
 );
+
+pub mod parasite;
+#[cfg(feature = "blob-sys")]
+pub mod sys;

@@ -9,8 +9,8 @@
 //! 3. maps every saved VMA at its address (MAP_FIXED_NOREPLACE),
 //! 4. reads the saved pages into place and applies final protections,
 //! 5. moves the parked vDSO mappings to their saved addresses,
-//! 6. sets the mm fields (PR_SET_MM_MAP), the TLS bases and the rseq
-//!    registration,
+//! 6. sets the mm fields (PR_SET_MM_MAP), the TLS bases, the rseq
+//!    registration, the clear_child_tid address and the itimers,
 //! 7. reports to the tracing host with `int3` (rax = 0) and calls
 //!    rt_sigreturn on the sigframe the host prepared.
 //!
@@ -19,7 +19,9 @@
 #![no_std]
 #![no_main]
 
-mod sys;
+rcr_abi::blob_mem_functions!();
+
+use rcr_abi::sys;
 
 use rcr_abi::{PageRun, RestoreArgs, RestoreStep, VmaEntry, NR_SPECIAL, RESTORE_ARGS_MAGIC, TASK_SIZE};
 
@@ -122,6 +124,16 @@ extern "C" fn restore_main(args: *const RestoreArgs) -> ! {
     if a.rseq_len != 0 {
         let r = sys::syscall4(sys::NR_RSEQ, a.rseq_ptr, a.rseq_len as u64, 0, a.rseq_sig as u64);
         check(RestoreStep::Rseq, 0, r);
+    }
+    if a.tid_address != 0 {
+        sys::syscall1(sys::NR_SET_TID_ADDRESS, a.tid_address);
+    }
+    // Timers last: they start counting as the process is about to run.
+    for (which, t) in a.itimers.iter().enumerate() {
+        if t.value_sec != 0 || t.value_usec != 0 {
+            let r = sys::syscall3(sys::NR_SETITIMER, which as u64, t as *const _ as u64, 0);
+            check(RestoreStep::Itimers, which as u64, r);
+        }
     }
     report(0, 0, 0);
     // SAFETY: the host built a complete rt_sigframe at `sigframe`; rt_sigreturn

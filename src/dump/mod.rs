@@ -4,21 +4,29 @@
 //! 1. [`preflight`]: the target exists and is something rcr can carry
 //!    (checked again once frozen),
 //! 2. [`freeze`]: seize and interrupt it (PTRACE_SEIZE + PTRACE_INTERRUPT),
-//! 3. [`collect`]: registers, signals, memory layout, files — every refusal
-//!    happens here, before anything is written,
-//! 4. [`write_images`]: pages first, the inventory last (a directory without
-//!    an inventory is not an image set),
-//! 5. [`finish`]: kill the target (default) or let it run (`-R`).
+//! 3. infect: inject the parasite ([`Parasite::infect`]),
+//! 4. [`collect`]: registers, signals, memory layout, files, and what the
+//!    parasite reads from inside — every refusal happens here, before
+//!    anything is written,
+//! 5. [`write_images`]: pages first (drained by the parasite), the
+//!    inventory last (a directory without an inventory is not an image set),
+//! 6. cure ([`Parasite::cure`]), then read the signals that arrived
+//!    meanwhile ([`pending_signals`]),
+//! 7. [`finish`]: kill the target (default) or let it run (`-R`).
 //!
-//! Any error before step 5 drops the [`Tracee`], which detaches: the
-//! target carries on as if nothing happened.
+//! Any error before step 7 drops the [`Parasite`] (which cures the task)
+//! and the [`Tracee`] (which detaches): the target carries on as if
+//! nothing happened. [`fault::point`]s mark where the tests kill rcr.
 use crate::arch::cur as arch;
 use crate::files::{self, FileTable};
 use crate::images::pages::{PageFile, PageSink};
 use crate::images::{pb, ImageDir, Kind, FORMAT_VERSION, PAGE_SIZE};
+use crate::infect::parasite::{self, Parasite};
 use crate::infect::Tracee;
-use crate::{log, mm, proc};
+use crate::mm::dump::{PageSource, ParasiteSource, ParasiteVia, ReadvSource};
+use crate::{fault, log, mm, proc};
 use anyhow::{bail, Context, Result};
+use rcr_abi::parasite::{ITimerVal, TaskMisc};
 use std::collections::HashMap;
 use std::path::PathBuf;
 
@@ -27,6 +35,19 @@ pub struct Options {
     pub pid: i32,
     pub dir: PathBuf,
     pub leave_running: bool,
+    pub pages_via: PagesVia,
+}
+
+/// How pages leave the target (`--pages-via`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, clap::ValueEnum)]
+pub enum PagesVia {
+    /// The parasite writes them into the image file (the default).
+    #[default]
+    Write,
+    /// The parasite vmsplices them into a pipe, rcr splices them on.
+    Splice,
+    /// rcr reads them from outside with process_vm_readv (fallback).
+    Readv,
 }
 
 /// Everything read from the frozen task, ready to be written.
@@ -43,12 +64,21 @@ struct Collected {
 pub fn run(o: &Options) -> Result<()> {
     preflight(o.pid)?;
     let tracee = freeze(o.pid)?;
-    let collected = collect(&tracee)?;
+    fault::point("target seized");
+    let mut parasite = Parasite::infect(&tracee)?;
+    let mut collected = collect(&tracee, &mut parasite)?;
     let dir = ImageDir::create(&o.dir)?;
-    if let Err(e) = write_images(&tracee, &dir, &collected) {
+    let written = write_pages(&tracee, &mut parasite, &dir, &collected, o.pages_via)
+        .and_then(|pagemap| {
+            parasite.cure()?;
+            collected.core.pending = pending_signals(&tracee)?;
+            write_images(&tracee, &dir, &collected, &pagemap)
+        });
+    if let Err(e) = written {
         remove_images(&dir, o.pid as u32);
         return Err(e);
     }
+    fault::point("images written");
     finish(tracee, o.leave_running)
 }
 
@@ -108,20 +138,27 @@ fn check_credentials(pid: i32, status: &HashMap<String, String>) -> Result<()> {
     Ok(())
 }
 
-fn collect(t: &Tracee) -> Result<Collected> {
+fn collect(t: &Tracee, p: &mut Parasite) -> Result<Collected> {
     let pid = t.pid();
     let st = proc::stat(pid)?;
     let status = proc::status(pid)?;
     check_credentials(pid, &status)?;
-    let core = collect_core(t, &st, &status)?;
+    let misc = p.misc()?;
+    let mut core = collect_core(t, p.saved(), &st, &misc)?;
+    core.sigactions = parasite::sigactions_to_pb(&p.sigactions()?);
+    core.sig_ignored = core.sigactions.iter().filter(|a| a.handler == 1).fold(0, |m, a| m | 1u64 << (a.signo - 1));
+    let [real, virt, prof] = p.itimers()?.try_into().map_err(|_| anyhow::anyhow!("itimers: wrong count"))?;
+    (core.itimer_real, core.itimer_virtual, core.itimer_prof) = (itimer(real), itimer(virt), itimer(prof));
     let mut files = FileTable::default();
-    let maps = proc::smaps(pid)?;
+    let (region, region_len) = p.region();
+    let mut maps = proc::smaps(pid)?;
+    maps.retain(|m| m.end <= region || m.start >= region + region_len);
     let vmas = mm::dump::vmas(pid, &maps, &mut files)?;
     let exe = files::dump::describe(&proc::path(pid, "exe"), "exe link")?;
     let exe_id = files.add_shared(pb::RegFile { flags: libc::O_RDONLY as u32, ..exe });
-    let brk = remote_brk(t, &vmas)?;
+    let brk = misc.brk;
     let mm = mm::dump::mm_fields(&st, brk, mm::dump::auxv(pid)?, exe_id, vmas);
-    let fds = files::dump::dump_fds(pid, &mut files)?;
+    let fds = files::dump::dump_fds(pid, &p.task_fds(), &mut files)?;
     let fs = files::dump::dump_fs(pid, &status)?;
     let pstree = pb::PstreeEntry {
         pid: pid as u32,
@@ -133,63 +170,90 @@ fn collect(t: &Tracee) -> Result<Collected> {
     Ok(Collected { pstree, core, mm, files, fds, fs })
 }
 
-fn signal_list(mask: u64) -> String {
-    (1..=64).filter(|s| mask & (1u64 << (s - 1)) != 0).map(|s| s.to_string()).collect::<Vec<_>>().join(",")
-}
-
-fn collect_core(t: &Tracee, st: &proc::Stat, status: &HashMap<String, String>) -> Result<pb::TaskCore> {
+fn collect_core(t: &Tracee, saved: &parasite::Saved, st: &proc::Stat, misc: &TaskMisc) -> Result<pb::TaskCore> {
     let pid = t.pid();
-    let caught = proc::status_hex(status, "SigCgt")?;
-    if caught != 0 {
-        bail!("pid {pid} has handlers for signals {}; rcr cannot carry signal handlers yet", signal_list(caught));
+    if misc.pdeathsig != 0 {
+        bail!("pid {pid} has a parent-death signal ({}); rcr cannot carry it (its parent changes on restore)", misc.pdeathsig);
     }
-    let mut regs = arch::regs_to_pb(&t.get_regs()?);
-    let (sc, res) = arch::prepare_restart(&mut regs);
+    let mut regs = arch::regs_to_pb(&saved.regs);
+    let (sc, res) = arch::prepare_restart(&mut regs, arch::Resume::NewTask);
     if sc >= 0 {
         log::info(&format!("pid {pid} was in syscall {sc} (result {res}); registers set up to resume it"));
     }
-    let pers = proc::read_string(pid, "personality")?;
-    let (pointer, size, signature) = t.get_rseq()?;
+    let (pointer, size, signature) = saved.rseq;
     let rseq = (size != 0).then_some(pb::Rseq { pointer, size, signature });
     Ok(pb::TaskCore {
         pid: pid as u32,
         state: pb::TaskState::Alive as i32,
         comm: st.comm.clone(),
         regs: Some(regs),
-        xsave: t.get_xsave()?,
-        blocked: t.get_sigmask()?,
-        sig_ignored: proc::status_hex(status, "SigIgn")?,
-        personality: u32::from_str_radix(pers.trim(), 16).context("parsing personality")?,
+        xsave: saved.xsave.clone(),
+        blocked: saved.sigmask,
+        sig_ignored: 0,
+        personality: misc.personality,
         interrupted_syscall: sc,
         interrupted_result: res,
         rseq,
+        altstack: Some(pb::AltStack { sp: misc.altstack_sp, flags: misc.altstack_flags as u32, size: misc.altstack_size }),
+        tid_address: misc.tid_address,
+        dumpable: misc.dumpable,
+        pdeathsig: misc.pdeathsig,
+        child_subreaper: misc.child_subreaper != 0,
+        thp_disable: misc.thp_disable != 0,
+        timerslack_ns: misc.timerslack_ns,
+        ..Default::default()
     })
 }
 
-/// The current program break, which /proc does not show: brk(0) run
-/// inside the task, through a `syscall` instruction of its vDSO.
-fn remote_brk(t: &Tracee, vmas: &[pb::Vma]) -> Result<u64> {
-    let vdso = vmas
-        .iter()
-        .find(|v| v.kind == pb::VmaKind::VmaVdso as i32)
-        .with_context(|| format!("pid {} has no [vdso]; cannot run syscalls in it", t.pid()))?;
-    let mut code = vec![0u8; (vdso.end - vdso.start) as usize];
-    crate::infect::read_memory(t.pid(), vdso.start, &mut code)?;
-    let off = code.windows(2).position(|w| w == [0x0f, 0x05]).context("no syscall instruction in [vdso]")?;
-    let r = t.remote_syscall(vdso.start + off as u64, arch::NR_BRK, [0; 6])?;
-    if r < 0 {
-        bail!("brk(0) in pid {} failed: {}", t.pid(), std::io::Error::from_raw_os_error(-r as i32));
-    }
-    Ok(r as u64)
+fn itimer(v: ITimerVal) -> Option<pb::ITimer> {
+    let us = |s: i64, u: i64| (s as u64) * 1_000_000 + u as u64;
+    let t = pb::ITimer { interval_us: us(v.interval_sec, v.interval_usec), value_us: us(v.value_sec, v.value_usec) };
+    (t.value_us != 0 || t.interval_us != 0).then_some(t)
 }
 
-fn write_images(t: &Tracee, dir: &ImageDir, c: &Collected) -> Result<()> {
-    let pid = Some(t.pid() as u32);
+/// Signals pending for the task once the parasite is gone (those that
+/// arrived during the dump included), private then shared, as raw
+/// siginfo. They are queued again in the restored process.
+fn pending_signals(t: &Tracee) -> Result<Vec<pb::PendingSignal>> {
+    let mut out = Vec::new();
+    for shared in [false, true] {
+        for info in t.peek_siginfo(shared)? {
+            let signo = i32::from_le_bytes(info[..4].try_into().unwrap_or_default());
+            out.push(pb::PendingSignal { signo: signo as u32, shared, siginfo: info });
+        }
+    }
+    if !out.is_empty() {
+        let list: Vec<String> = out.iter().map(|p| p.signo.to_string()).collect();
+        log::info(&format!("pid {}: pending signals {}", t.pid(), list.join(",")));
+    }
+    Ok(out)
+}
+
+fn write_pages(t: &Tracee, p: &mut Parasite, dir: &ImageDir, c: &Collected, via: PagesVia) -> Result<Vec<pb::PagemapEntry>> {
     let mut sink = Box::new(PageFile::create(dir, t.pid() as u32)?);
-    let saved = mm::dump::dump_pages(t.pid(), &c.mm.vmas, sink.as_mut())?;
+    let mut readv = ReadvSource { pid: t.pid() };
+    let mut through_parasite;
+    let source: &mut dyn PageSource = match via {
+        PagesVia::Readv => &mut readv,
+        PagesVia::Write => {
+            through_parasite = ParasiteSource::new(p, ParasiteVia::Write);
+            &mut through_parasite
+        }
+        PagesVia::Splice => {
+            through_parasite = ParasiteSource::new(p, ParasiteVia::Splice);
+            &mut through_parasite
+        }
+    };
+    let how = source.describe();
+    let saved = mm::dump::dump_pages(t.pid(), &c.mm.vmas, source, sink.as_mut())?;
     let pagemap = (sink as Box<dyn PageSink>).finish()?;
-    log::info(&format!("pid {}: {} pages saved in {} runs (process_vm_readv path)", t.pid(), saved, pagemap.len()));
-    dir.write_all(Kind::Pagemap, pid, &pagemap)?;
+    log::info(&format!("pid {}: {} pages saved in {} runs via {how}", t.pid(), saved, pagemap.len()));
+    Ok(pagemap)
+}
+
+fn write_images(t: &Tracee, dir: &ImageDir, c: &Collected, pagemap: &[pb::PagemapEntry]) -> Result<()> {
+    let pid = Some(t.pid() as u32);
+    dir.write_all(Kind::Pagemap, pid, pagemap)?;
     dir.write_one(Kind::Core, pid, &c.core)?;
     dir.write_one(Kind::Mm, pid, &c.mm)?;
     dir.write_all(Kind::Fdinfo, pid, &c.fds)?;

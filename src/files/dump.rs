@@ -57,9 +57,10 @@ fn describe_kind(md: &std::fs::Metadata, target: &str) -> String {
 }
 
 /// Dumps every fd of `pid`; fails on the first fd rcr cannot carry.
-pub fn dump_fds(pid: i32, table: &mut FileTable) -> Result<Vec<FdEntry>> {
+/// Describes every fd of `pid` except `skip` (the parasite's own).
+pub fn dump_fds(pid: i32, skip: &[i32], table: &mut FileTable) -> Result<Vec<FdEntry>> {
     let mut out = Vec::new();
-    for fd in proc::fds(pid)? {
+    for fd in proc::fds(pid)?.into_iter().filter(|fd| !skip.contains(fd)) {
         let what = format!("fd {fd}");
         let mut f = describe(&proc::path(pid, &format!("fd/{fd}")), &what)?;
         let info = proc::fdinfo(pid, fd)?;

@@ -3,9 +3,10 @@
 //! a page server (socket) will implement later.
 use super::pb::{PageFlags, PagemapEntry};
 use super::{pages_header, ImageDir, Kind, PAGES_DATA_OFFSET, PAGE_SIZE};
-use anyhow::{Context, Result};
+use anyhow::{bail, Context, Result};
 use std::fs::File;
-use std::io::{BufWriter, Write};
+use std::os::fd::{AsRawFd, RawFd};
+use std::os::unix::fs::FileExt;
 use std::path::PathBuf;
 
 /// Receives the saved pages of one process, in increasing address order.
@@ -13,6 +14,11 @@ pub trait PageSink {
     /// Stores whole pages starting at `vaddr` (`data.len()` is a multiple
     /// of the page size).
     fn put(&mut self, vaddr: u64, data: &[u8]) -> Result<()>;
+    /// For a sink that is a seekable file: records `len` bytes of pages at
+    /// `vaddr` and returns the file and the offset where another writer
+    /// (the parasite, or splice) must store them. `None` if the sink takes
+    /// pages through [`PageSink::put`] only (a stream).
+    fn reserve(&mut self, vaddr: u64, len: u64) -> Option<(RawFd, u64)>;
     /// Finishes the transfer and returns the pagemap describing it.
     fn finish(self: Box<Self>) -> Result<Vec<PagemapEntry>>;
 }
@@ -21,38 +27,52 @@ pub trait PageSink {
 #[derive(Debug)]
 pub struct PageFile {
     path: PathBuf,
-    w: BufWriter<File>,
+    file: File,
+    /// Where the next pages go.
+    pos: u64,
     entries: Vec<PagemapEntry>,
-    pub pages: u64,
 }
 
 impl PageFile {
     pub fn create(dir: &ImageDir, pid: u32) -> Result<Self> {
         let path = dir.file(Kind::Pages, Some(pid));
-        let f = File::create(&path).with_context(|| format!("creating {}", path.display()))?;
-        let mut w = BufWriter::with_capacity(1 << 20, f);
-        w.write_all(&pages_header())?;
-        Ok(Self { path, w, entries: Vec::new(), pages: 0 })
+        let file = File::create(&path).with_context(|| format!("creating {}", path.display()))?;
+        file.write_all_at(&pages_header(), 0).with_context(|| format!("writing {}", path.display()))?;
+        Ok(Self { path, file, pos: PAGES_DATA_OFFSET, entries: Vec::new() })
     }
-}
 
-impl PageSink for PageFile {
-    fn put(&mut self, vaddr: u64, data: &[u8]) -> Result<()> {
-        let n = data.len() as u64 / PAGE_SIZE;
-        self.w.write_all(data).with_context(|| format!("writing {}", self.path.display()))?;
-        self.pages += n;
+    fn record(&mut self, vaddr: u64, len: u64) -> u64 {
+        let n = len / PAGE_SIZE;
         match self.entries.last_mut() {
             Some(last) if last.vaddr + u64::from(last.nr_pages) * PAGE_SIZE == vaddr && u64::from(last.nr_pages) + n <= u32::MAX as u64 => {
                 last.nr_pages += n as u32;
             }
             _ => self.entries.push(PagemapEntry { vaddr, nr_pages: n as u32, flags: PageFlags::PagePresent as u32 }),
         }
-        Ok(())
+        let at = self.pos;
+        self.pos += len;
+        at
+    }
+}
+
+impl PageSink for PageFile {
+    fn put(&mut self, vaddr: u64, data: &[u8]) -> Result<()> {
+        let at = self.record(vaddr, data.len() as u64);
+        self.file.write_all_at(data, at).with_context(|| format!("writing {}", self.path.display()))
+    }
+
+    fn reserve(&mut self, vaddr: u64, len: u64) -> Option<(RawFd, u64)> {
+        let at = self.record(vaddr, len);
+        Some((self.file.as_raw_fd(), at))
     }
 
     fn finish(self: Box<Self>) -> Result<Vec<PagemapEntry>> {
-        let f = self.w.into_inner().map_err(|e| e.into_error()).with_context(|| format!("writing {}", self.path.display()))?;
-        f.sync_data().with_context(|| format!("syncing {}", self.path.display()))?;
+        // Pages written by the parasite must be as long as the pagemap says.
+        let len = self.file.metadata().with_context(|| format!("reading {}", self.path.display()))?.len();
+        if len != self.pos {
+            bail!("{}: {} bytes written, {} expected from its pagemap", self.path.display(), len, self.pos);
+        }
+        self.file.sync_data().with_context(|| format!("syncing {}", self.path.display()))?;
         Ok(self.entries)
     }
 }

@@ -1,10 +1,23 @@
 //! The infection layer: everything rcr does to a live task through ptrace.
 //!
-//! Lifecycle of a dumped task, as CRIU's compel has it: seize and stop
-//! ([`Tracee::seize`]), read its state (registers, XSAVE, signal mask),
-//! run syscalls inside it ([`Tracee::remote_syscall`]), then resume
-//! ([`Tracee::detach`]) or kill. The parasite blob will plug in between
-//! stop and resume; remote syscalls are the building block it will use.
+//! Lifecycle of a dumped task, as CRIU's compel has it:
+//!
+//! 1. seize and stop ([`Tracee::seize`]);
+//! 2. prepare: save its registers, XSAVE area and signal mask
+//!    ([`parasite::Saved`]); no code bytes are overwritten, the `syscall`
+//!    instruction used from outside is the one in its own vDSO
+//!    ([`vdso_syscall_insn`]);
+//! 3. inject ([`parasite::Parasite::infect`]): a remote mmap of a shared
+//!    region, which rcr maps too, loaded with the `parasite/` blob, the
+//!    args and a sigframe holding the saved state;
+//! 4. start: the parasite connects to rcr's unix socket;
+//! 5. commands ([`parasite::Parasite`] methods);
+//! 6. cure ([`parasite::Parasite::cure`]): the parasite rt_sigreturns into
+//!    the saved state, rcr unmaps the region;
+//! 7. resume ([`Tracee::detach`]) or kill ([`Tracee::kill`]).
+//!
+//! Remote syscalls ([`Tracee::remote_syscall`]) run one syscall in the
+//! stopped task and are usable on their own.
 //!
 //! A seized task is interrupted with PTRACE_INTERRUPT, never SIGSTOP, so
 //! nothing observable (no group stop, no SIGCHLD to its parent) happens.
@@ -14,6 +27,8 @@
 
 use anyhow::{bail, Context, Result};
 use std::mem::MaybeUninit;
+
+pub mod parasite;
 
 const PTRACE_EVENT_STOP: i32 = 128;
 const NT_X86_XSTATE: libc::c_int = 0x202;
@@ -156,6 +171,51 @@ impl Tracee {
         Ok(buf)
     }
 
+    /// Loads an XSAVE area (PTRACE_SETREGSET NT_X86_XSTATE).
+    pub fn set_xsave(&self, xsave: &[u8]) -> Result<()> {
+        let mut iov = libc::iovec { iov_base: xsave.as_ptr() as *mut libc::c_void, iov_len: xsave.len() };
+        ptrace(libc::PTRACE_SETREGSET, self.pid, NT_X86_XSTATE as usize, &mut iov as *mut _ as usize)
+            .with_context(|| format!("PTRACE_SETREGSET NT_X86_XSTATE pid {}", self.pid))?;
+        Ok(())
+    }
+
+    pub fn set_sigmask(&self, mask: u64) -> Result<()> {
+        ptrace(libc::PTRACE_SETSIGMASK, self.pid, 8, &mask as *const u64 as usize)
+            .with_context(|| format!("PTRACE_SETSIGMASK pid {}", self.pid))?;
+        Ok(())
+    }
+
+    /// Stops the running task again (PTRACE_INTERRUPT) and waits for it.
+    pub fn interrupt(&self) -> Result<()> {
+        ptrace(libc::PTRACE_INTERRUPT, self.pid, 0, 0).with_context(|| format!("PTRACE_INTERRUPT pid {}", self.pid))?;
+        self.wait_for_interrupt()
+    }
+
+    /// The signals pending for the task (`shared`: process-wide), as raw
+    /// 128-byte siginfo, oldest first (PTRACE_PEEKSIGINFO).
+    pub fn peek_siginfo(&self, shared: bool) -> Result<Vec<Vec<u8>>> {
+        #[repr(C)]
+        struct PeekArgs {
+            off: u64,
+            flags: u32,
+            nr: i32,
+        }
+        const PTRACE_PEEKSIGINFO: libc::c_uint = 0x4209;
+        const PEEKSIGINFO_SHARED: u32 = 1;
+        const BATCH: usize = 32;
+        let mut out = Vec::new();
+        loop {
+            let args = PeekArgs { off: out.len() as u64, flags: if shared { PEEKSIGINFO_SHARED } else { 0 }, nr: BATCH as i32 };
+            let mut buf = vec![0u8; 128 * BATCH];
+            let n = ptrace(PTRACE_PEEKSIGINFO, self.pid, &args as *const PeekArgs as usize, buf.as_mut_ptr() as usize)
+                .with_context(|| format!("PTRACE_PEEKSIGINFO pid {}", self.pid))? as usize;
+            out.extend(buf.chunks_exact(128).take(n).map(<[u8]>::to_vec));
+            if n < BATCH {
+                return Ok(out);
+            }
+        }
+    }
+
     /// The blocked signal mask, bit n-1 for signal n.
     pub fn get_sigmask(&self) -> Result<u64> {
         let mut mask = 0u64;
@@ -210,6 +270,16 @@ impl Tracee {
     /// so an interrupted syscall of its own still restarts correctly when
     /// it is resumed.
     pub fn remote_syscall(&self, insn: u64, nr: u64, args: [u64; 6]) -> Result<i64> {
+        // With every signal blocked, no signal stop comes between the
+        // syscall's entry and exit; pending ones stay pending.
+        let mask = self.get_sigmask()?;
+        self.set_sigmask(u64::MAX)?;
+        let r = self.remote_syscall_blocked(insn, nr, args);
+        self.set_sigmask(mask)?;
+        r
+    }
+
+    fn remote_syscall_blocked(&self, insn: u64, nr: u64, args: [u64; 6]) -> Result<i64> {
         let saved = self.get_regs()?;
         let mut r = saved;
         r.rip = insn;
@@ -256,6 +326,27 @@ impl Drop for Tracee {
             let _ = ptrace(libc::PTRACE_DETACH, self.pid, 0, 0);
         }
     }
+}
+
+/// Address of a `syscall` instruction in `pid`'s vDSO. The vDSO's code is
+/// the same in every 64-bit process, so the offset is found in rcr's own.
+pub fn vdso_syscall_insn(pid: i32) -> Result<u64> {
+    let theirs = crate::proc::maps(pid)?
+        .into_iter()
+        .find(|m| m.name == "[vdso]")
+        .with_context(|| format!("pid {pid} has no [vdso]; cannot run syscalls in it"))?;
+    let mine = crate::proc::maps(std::process::id() as i32)?
+        .into_iter()
+        .find(|m| m.name == "[vdso]")
+        .context("rcr itself has no [vdso]")?;
+    if mine.end - mine.start != theirs.end - theirs.start {
+        bail!("pid {pid}: its [vdso] differs in size from rcr's");
+    }
+    // SAFETY: [vdso] is mapped readable in this process for its whole life
+    // and these are its bounds from /proc/self/maps.
+    let code = unsafe { std::slice::from_raw_parts(mine.start as *const u8, (mine.end - mine.start) as usize) };
+    let off = code.windows(2).position(|w| w == [0x0f, 0x05]).context("no syscall instruction in [vdso]")?;
+    Ok(theirs.start + off as u64)
 }
 
 /// Reads `len` bytes at `addr` of another process (process_vm_readv).

@@ -5,7 +5,7 @@
 //!
 //! | VMA               | saved pages                                        |
 //! |-------------------|----------------------------------------------------|
-//! | private anonymous | present or swapped, except all-zero pages          |
+//! | private anonymous | present or swapped, except the shared zero page    |
 //! | shared anonymous  | all data pages of the shmem object (SEEK_DATA), except all-zero ones |
 //! | private file      | written ones: present and not a file page, or swapped |
 //! | shared file       | none: the file holds the content                   |
@@ -17,11 +17,15 @@ use crate::images::pb::{Mm, Vma};
 use crate::images::PAGE_SIZE;
 use crate::proc::{self, MapEntry, Stat};
 use anyhow::{bail, Context, Result};
+use crate::infect::parasite::Parasite;
+use rcr_abi::parasite::DrainRun;
+use std::os::fd::{AsRawFd, OwnedFd, RawFd};
 use std::os::unix::fs::FileExt;
 
 const PM_PRESENT: u64 = 1 << 63;
 const PM_SWAP: u64 = 1 << 62;
 const PM_FILE: u64 = 1 << 61;
+const PM_PFN: u64 = (1 << 55) - 1;
 /// Largest chunk of memory read from the task at once.
 const CHUNK: u64 = 4 << 20;
 
@@ -138,7 +142,9 @@ pub fn auxv(pid: i32) -> Result<Vec<u64>> {
 }
 
 /// Which pages of `vma` must be saved, as a bitmap over its pages.
-fn pages_to_save(pagemap: &std::fs::File, vma: &Vma) -> Result<Vec<bool>> {
+/// Private anonymous pages that map the shared zero page (read, never
+/// written) are left out when its frame number is known.
+fn pages_to_save(pagemap: &std::fs::File, vma: &Vma, zero_pfn: Option<u64>) -> Result<Vec<bool>> {
     let n = ((vma.end - vma.start) / PAGE_SIZE) as usize;
     let mut raw = vec![0u8; n * 8];
     pagemap
@@ -150,7 +156,8 @@ fn pages_to_save(pagemap: &std::fs::File, vma: &Vma) -> Result<Vec<bool>> {
         .map(|c| {
             let e = u64::from_le_bytes(c.try_into().unwrap_or([0; 8]));
             match kind {
-                VmaKind::VmaAnonPrivate => e & (PM_PRESENT | PM_SWAP) != 0,
+                VmaKind::VmaAnonPrivate if e & PM_PRESENT != 0 => Some(e & PM_PFN) != zero_pfn,
+                VmaKind::VmaAnonPrivate => e & PM_SWAP != 0,
                 VmaKind::VmaFilePrivate => e & PM_SWAP != 0 || (e & PM_PRESENT != 0 && e & PM_FILE == 0),
                 _ => false,
             }
@@ -158,43 +165,92 @@ fn pages_to_save(pagemap: &std::fs::File, vma: &Vma) -> Result<Vec<bool>> {
         .collect())
 }
 
+/// The runs (address, length) of `want`, a bitmap over the pages of a
+/// VMA starting at `start`, appended to `runs`.
+fn runs_of(start: u64, want: &[bool], runs: &mut Vec<(u64, u64)>) {
+    let mut i = 0;
+    while i < want.len() {
+        if !want[i] {
+            i += 1;
+            continue;
+        }
+        let j = (i..want.len()).find(|&j| !want[j]).unwrap_or(want.len());
+        runs.push((start + i as u64 * PAGE_SIZE, (j - i) as u64 * PAGE_SIZE));
+        i = j;
+    }
+}
+
 fn is_zero(page: &[u8]) -> bool {
     page.chunks_exact(8).all(|w| w == [0u8; 8])
 }
 
-/// Reads the pages of every VMA that needs them and hands them to `sink`.
-/// Returns the number of pages saved.
-pub fn dump_pages(pid: i32, vmas: &[Vma], sink: &mut dyn PageSink) -> Result<u64> {
+/// Where the contents of a task's private memory come from.
+pub trait PageSource {
+    /// Moves `runs` (address and length, page aligned, in increasing
+    /// order) of the task's memory into `sink`.
+    fn drain(&mut self, runs: &[(u64, u64)], sink: &mut dyn PageSink) -> Result<()>;
+    /// How pages travel, for the log.
+    fn describe(&self) -> &'static str;
+}
+
+/// The fallback path, from outside the task: process_vm_readv into a
+/// buffer, then the sink.
+#[derive(Debug)]
+pub struct ReadvSource {
+    pub pid: i32,
+}
+
+impl PageSource for ReadvSource {
+    fn drain(&mut self, runs: &[(u64, u64)], sink: &mut dyn PageSink) -> Result<()> {
+        let mut buf = vec![0u8; CHUNK.min(runs.iter().map(|r| r.1).max().unwrap_or(0)) as usize];
+        for &(addr, len) in runs {
+            let mut done = 0;
+            while done < len {
+                let n = (len - done).min(CHUNK) as usize;
+                crate::infect::read_memory(self.pid, addr + done, &mut buf[..n])
+                    .with_context(|| format!("reading pages at {:#x}", addr + done))?;
+                sink.put(addr + done, &buf[..n])?;
+                done += n as u64;
+            }
+        }
+        Ok(())
+    }
+
+    fn describe(&self) -> &'static str {
+        "process_vm_readv (fallback)"
+    }
+}
+
+/// Reads the pages of every VMA that needs them and hands them to `sink`:
+/// private memory through `source`, shared anonymous memory from its
+/// shmem object. Returns the number of pages saved.
+pub fn dump_pages(pid: i32, vmas: &[Vma], source: &mut dyn PageSource, sink: &mut dyn PageSink) -> Result<u64> {
     let pm_path = proc::path(pid, "pagemap");
     let pagemap = std::fs::File::open(&pm_path).with_context(|| format!("opening {}", pm_path.display()))?;
+    let zero_pfn = crate::sys::zero_page_pfn();
     let mut buf = vec![0u8; CHUNK as usize];
     let mut saved = 0;
+    let mut runs = Vec::new();
     for vma in vmas {
         if vma.kind == VmaKind::VmaAnonShared as i32 {
+            flush_runs(&mut runs, source, sink, &mut saved)?;
             saved += dump_shmem(pid, vma, &mut buf, sink)?;
             continue;
         }
-        let want = pages_to_save(&pagemap, vma)?;
-        let skip_zero = vma.kind == VmaKind::VmaAnonPrivate as i32;
-        let mut i = 0;
-        while i < want.len() {
-            if !want[i] {
-                i += 1;
-                continue;
-            }
-            let mut j = i;
-            while j < want.len() && want[j] && ((j - i + 1) as u64) * PAGE_SIZE <= CHUNK {
-                j += 1;
-            }
-            let addr = vma.start + i as u64 * PAGE_SIZE;
-            let len = (j - i) * PAGE_SIZE as usize;
-            crate::infect::read_memory(pid, addr, &mut buf[..len])
-                .with_context(|| format!("reading pages of mapping {:#x}-{:#x} {}", vma.start, vma.end, vma.name))?;
-            saved += put_run(sink, addr, &buf[..len], skip_zero)?;
-            i = j;
-        }
+        let want = pages_to_save(&pagemap, vma, zero_pfn)?;
+        runs_of(vma.start, &want, &mut runs);
     }
+    flush_runs(&mut runs, source, sink, &mut saved)?;
     Ok(saved)
+}
+
+fn flush_runs(runs: &mut Vec<(u64, u64)>, source: &mut dyn PageSource, sink: &mut dyn PageSink, saved: &mut u64) -> Result<()> {
+    if !runs.is_empty() {
+        source.drain(runs, sink)?;
+        *saved += runs.iter().map(|r| r.1 / PAGE_SIZE).sum::<u64>();
+        runs.clear();
+    }
+    Ok(())
 }
 
 /// Shared anonymous memory lives in a shmem object; pages this process
@@ -253,4 +309,109 @@ fn put_run(sink: &mut dyn PageSink, addr: u64, data: &[u8], skip_zero: bool) -> 
         saved += (data.len() / ps - s) as u64;
     }
     Ok(saved)
+}
+
+/// How the parasite moves pages out of the task.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ParasiteVia {
+    /// pwrite from the task's memory into the image file: one copy, the
+    /// fastest path to a file (see MACHINE-FACTS).
+    Write,
+    /// vmsplice into a pipe, splice from the pipe into the image file: the
+    /// path a stream sink (page server) needs.
+    Splice,
+}
+
+/// The normal path: pages leave through the parasite.
+#[derive(Debug)]
+pub struct ParasiteSource<'a, 't> {
+    p: &'a mut Parasite<'t>,
+    via: ParasiteVia,
+    /// The image file (Write) or the pipe's write end (Splice), as an fd
+    /// number in the task.
+    task_fd: Option<(RawFd, i32)>,
+    pipe_read: Option<OwnedFd>,
+}
+
+impl<'a, 't> ParasiteSource<'a, 't> {
+    pub fn new(p: &'a mut Parasite<'t>, via: ParasiteVia) -> Self {
+        ParasiteSource { p, via, task_fd: None, pipe_read: None }
+    }
+
+    /// The task's number for rcr's fd `mine`, handing it over once.
+    fn task_fd(&mut self, mine: RawFd) -> Result<i32> {
+        match self.task_fd {
+            Some((m, theirs)) if m == mine => Ok(theirs),
+            Some(_) => bail!("the page sink changed its file mid-dump"),
+            None => {
+                let theirs = self.p.give_fd(mine)?;
+                self.task_fd = Some((mine, theirs));
+                Ok(theirs)
+            }
+        }
+    }
+
+    fn pipe(&mut self) -> Result<(RawFd, i32)> {
+        if self.pipe_read.is_none() {
+            let (r, w) = crate::sys::pipe(PIPE_SIZE).context("creating the page pipe")?;
+            self.task_fd(w.as_raw_fd())?;
+            self.pipe_read = Some(r);
+        }
+        let r = self.pipe_read.as_ref().map(|r| r.as_raw_fd()).context("page pipe")?;
+        Ok((r, self.task_fd.map(|t| t.1).context("page pipe")?))
+    }
+}
+
+/// Pipe size asked for the splice path (fs.pipe-max-size is 1 MiB here).
+const PIPE_SIZE: i32 = 1 << 20;
+
+impl PageSource for ParasiteSource<'_, '_> {
+    fn drain(&mut self, runs: &[(u64, u64)], sink: &mut dyn PageSink) -> Result<()> {
+        let max = self.p.max_runs();
+        for chunk in runs.chunks(max) {
+            let mut file = -1;
+            let mut batch = Vec::with_capacity(chunk.len());
+            for &(vaddr, len) in chunk {
+                let (fd, file_off) = sink.reserve(vaddr, len).context("this page sink does not take direct writes")?;
+                file = fd;
+                batch.push(DrainRun { vaddr, len, file_off });
+            }
+            match self.via {
+                ParasiteVia::Write => {
+                    let fd = self.task_fd(file)?;
+                    self.p.drain_write(fd, &batch)?;
+                }
+                ParasiteVia::Splice => {
+                    let (pipe_r, fd) = self.pipe()?;
+                    let mut consume = |_total: u64, sock: RawFd| splice_runs(pipe_r, sock, file, &batch);
+                    self.p.drain_splice(fd, &batch, &mut consume)?;
+                }
+            }
+        }
+        Ok(())
+    }
+
+    fn describe(&self) -> &'static str {
+        match self.via {
+            ParasiteVia::Write => "parasite write",
+            ParasiteVia::Splice => "parasite vmsplice + splice",
+        }
+    }
+}
+
+/// Moves the spliced runs from the pipe into the file at their offsets.
+/// Stops if the parasite answers before all bytes came (it failed).
+fn splice_runs(pipe: RawFd, sock: RawFd, file: RawFd, runs: &[DrainRun]) -> Result<()> {
+    for run in runs {
+        let mut done = 0;
+        while done < run.len {
+            if crate::sys::poll_readable(&[pipe, sock]).context("waiting for pages")? == 1 {
+                bail!("the parasite stopped sending pages at {:#x}", run.vaddr + done);
+            }
+            let n = crate::sys::splice_to_file(pipe, file, run.file_off + done, run.len - done)
+                .with_context(|| format!("splicing pages at {:#x} into the image", run.vaddr + done))?;
+            done += n;
+        }
+    }
+    Ok(())
 }

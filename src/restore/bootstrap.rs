@@ -9,11 +9,12 @@
 //! ```
 #![allow(unsafe_code)]
 
-use super::blob;
 use crate::arch::cur::sigframe;
+use crate::blobs as blob;
 use crate::images::pb;
 use crate::mm::restore::Plan;
 use anyhow::{bail, Context, Result};
+use rcr_abi::parasite::ITimerVal;
 use rcr_abi::{PageRun, RestoreArgs, VmaEntry, NR_SPECIAL, RESTORE_ARGS_MAGIC, TASK_SIZE};
 use std::mem::{align_of, size_of};
 
@@ -85,7 +86,8 @@ impl Region {
             let runs = base.add(runs_off as usize) as *mut PageRun;
             std::ptr::copy_nonoverlapping(plan.runs.as_ptr(), runs, plan.runs.len());
             let frame = std::slice::from_raw_parts_mut(base.add(frame_off as usize), frame_len as usize);
-            sigframe::build(frame, start + frame_off, regs, &core.xsave, core.blocked, xcr0)?;
+            let alt = core.altstack.as_ref().map_or(sigframe::AltStack::NONE, |a| sigframe::AltStack { sp: a.sp, flags: a.flags, size: a.size });
+            sigframe::build(frame, start + frame_off, regs, &core.xsave, core.blocked, alt, xcr0)?;
         }
         let mut special = plan.special;
         for s in special.iter_mut().take(NR_SPECIAL) {
@@ -114,6 +116,8 @@ impl Region {
             rseq_ptr: core.rseq.as_ref().map_or(0, |r| r.pointer),
             rseq_len: core.rseq.as_ref().map_or(0, |r| r.size),
             rseq_sig: core.rseq.as_ref().map_or(0, |r| r.signature),
+            tid_address: core.tid_address,
+            itimers: [itimer(&core.itimer_real), itimer(&core.itimer_virtual), itimer(&core.itimer_prof)],
         };
         mm_map.auxv = start + args_off + std::mem::offset_of!(RestoreArgs, auxv) as u64;
         let args = RestoreArgs { mm_map, ..args };
@@ -170,6 +174,15 @@ impl Region {
 }
 
 /// Where the current vDSO mappings start and how much room they need.
+fn itimer(t: &Option<pb::ITimer>) -> ITimerVal {
+    let t = t.unwrap_or_default();
+    let split = |us: u64| ((us / 1_000_000) as i64, (us % 1_000_000) as i64);
+    // getitimer reports an armed timer as at least 1 us away, so value 0
+    // means disarmed (and the blob leaves it so).
+    let ((interval_sec, interval_usec), (value_sec, value_usec)) = (split(t.interval_us), split(t.value_us));
+    ITimerVal { interval_sec, interval_usec, value_sec, value_usec }
+}
+
 fn park_span(plan: &Plan) -> (u64, u64) {
     let present: Vec<_> = plan.special.iter().filter(|s| s.len != 0).collect();
     let lo = present.iter().map(|s| s.cur).min().unwrap_or(0);

@@ -7,6 +7,8 @@
 use super::bootstrap::Region;
 use super::Loaded;
 use crate::files;
+use crate::images::pb;
+use rcr_abi::parasite::KSigaction;
 use anyhow::{bail, Context, Result};
 use std::collections::HashMap;
 use std::io::{Read, Write};
@@ -52,8 +54,10 @@ fn prepare(l: &Loaded, region: &mut Region, sync: &Sync) -> Result<()> {
     files::restore::restore_fds(&l.fds, &l.files, &[sync.err_write])?;
     open_mapping_fds(l, region)?;
     nix::sys::prctl::set_name(&std::ffi::CString::new(l.core.comm.as_bytes()).unwrap_or_default()).context("PR_SET_NAME")?;
-    restore_dispositions(l.core.sig_ignored)?;
     block_all_signals();
+    restore_sigactions(&l.core)?;
+    restore_task_flags(&l.core)?;
+    queue_pending(&l.core)?;
     unregister_own_rseq()?;
     Ok(())
 }
@@ -129,27 +133,82 @@ fn open_mapping_fds(l: &Loaded, region: &mut Region) -> Result<()> {
     Ok(())
 }
 
-/// Sets every signal to SIG_IGN or SIG_DFL as saved. Raw rt_sigaction:
-/// glibc's sigaction() refuses the signals it reserves (32, 33).
-fn restore_dispositions(ignored: u64) -> Result<()> {
-    #[repr(C)]
-    struct KernelSigaction {
-        handler: usize,
-        flags: u64,
-        restorer: usize,
-        mask: u64,
+/// Sets every signal's action as saved: handler, flags, restorer and
+/// mask (the addresses are the saved process's, mapped by the blob before
+/// any signal can be delivered: all are blocked until its rt_sigreturn).
+/// Raw rt_sigaction: glibc's sigaction() refuses the signals it reserves
+/// (32, 33) and would replace the restorer.
+fn restore_sigactions(core: &pb::TaskCore) -> Result<()> {
+    let mut acts = [KSigaction::default(); 64];
+    for (i, a) in acts.iter_mut().enumerate() {
+        if core.sig_ignored & (1u64 << i) != 0 {
+            a.handler = 1; // SIG_IGN (images without the full actions)
+        }
     }
-    for sig in 1..=64 {
+    for s in &core.sigactions {
+        let slot = acts.get_mut((s.signo as usize).wrapping_sub(1)).with_context(|| format!("core image: sigaction for signal {}", s.signo))?;
+        *slot = KSigaction { handler: s.handler, flags: s.flags, restorer: s.restorer, mask: s.mask };
+    }
+    for (i, sa) in acts.iter().enumerate() {
+        let sig = i as i32 + 1;
         if sig == libc::SIGKILL || sig == libc::SIGSTOP {
             continue;
         }
-        let handler = if ignored & (1u64 << (sig - 1)) != 0 { libc::SIG_IGN } else { libc::SIG_DFL };
-        let sa = KernelSigaction { handler, flags: 0, restorer: 0, mask: 0 };
-        // SAFETY: sa is a kernel sigaction of the size passed (8-byte
-        // sigset); SIG_IGN/SIG_DFL run no code in this process.
-        let r = unsafe { libc::syscall(libc::SYS_rt_sigaction, sig, &sa as *const KernelSigaction, 0usize, 8usize) };
+        // SAFETY: `sa` is a kernel sigaction of the size passed (8-byte
+        // sigset); every signal is blocked, so no handler runs in this
+        // process before the saved address space is in place.
+        let r = unsafe { libc::syscall(libc::SYS_rt_sigaction, sig, sa as *const KSigaction, 0usize, 8usize) };
         if r != 0 {
             bail!("rt_sigaction signal {sig}: {}", std::io::Error::last_os_error());
+        }
+    }
+    Ok(())
+}
+
+/// prctl flags of the task: dumpable, child subreaper, THP, timer slack.
+fn restore_task_flags(core: &pb::TaskCore) -> Result<()> {
+    let set = |what: &str, op: libc::c_int, v: u64| -> Result<()> {
+        // SAFETY: prctl with integer arguments only.
+        if unsafe { libc::prctl(op, v as libc::c_ulong, 0 as libc::c_ulong, 0 as libc::c_ulong, 0 as libc::c_ulong) } != 0 {
+            bail!("restoring {what} ({v}): {}", std::io::Error::last_os_error());
+        }
+        Ok(())
+    };
+    if core.dumpable == 0 {
+        set("dumpable", libc::PR_SET_DUMPABLE, 0)?;
+    }
+    if core.child_subreaper {
+        set("child subreaper", libc::PR_SET_CHILD_SUBREAPER, 1)?;
+    }
+    if core.thp_disable {
+        set("THP disable", libc::PR_SET_THP_DISABLE, 1)?;
+    }
+    if core.timerslack_ns != 0 {
+        set("timer slack", libc::PR_SET_TIMERSLACK, core.timerslack_ns)?;
+    }
+    Ok(())
+}
+
+/// Queues the signals that were pending at dump time, with their siginfo,
+/// to this process itself (which rt_[tg]sigqueueinfo allows for any
+/// si_code). They stay pending until the blob's rt_sigreturn unblocks them.
+fn queue_pending(core: &pb::TaskCore) -> Result<()> {
+    let pid = std::process::id() as libc::c_long;
+    for p in &core.pending {
+        if p.siginfo.len() != 128 {
+            bail!("core image: pending signal {} has a siginfo of {} bytes", p.signo, p.siginfo.len());
+        }
+        // SAFETY: the siginfo buffer is 128 bytes as the kernel reads;
+        // the signal goes to this process only.
+        let r = unsafe {
+            if p.shared {
+                libc::syscall(libc::SYS_rt_sigqueueinfo, pid, p.signo as libc::c_long, p.siginfo.as_ptr())
+            } else {
+                libc::syscall(libc::SYS_rt_tgsigqueueinfo, pid, pid, p.signo as libc::c_long, p.siginfo.as_ptr())
+            }
+        };
+        if r != 0 {
+            bail!("queueing pending signal {}: {}", p.signo, std::io::Error::last_os_error());
         }
     }
     Ok(())

@@ -15,7 +15,7 @@
 //! If anything fails after the fork, the child is killed (it is traced
 //! with PTRACE_O_EXITKILL, so even rcr's death kills it): a failed restore
 //! leaves no half-built process behind.
-pub mod blob;
+
 pub mod bootstrap;
 pub mod child;
 

@@ -1,26 +1,18 @@
 /*
  * unsupported: processes rcr must refuse to dump (for now).
  *
- * Mode "handler" installs a SIGUSR1 handler, "thread" runs a second thread,
- * "child" has a child process. rcr dump must refuse, say why, and leave the
- * process running untouched: after go the handler still runs on SIGUSR1,
- * the thread is joined, the child exits 0 and is reaped.
+ * Mode "pdeathsig" sets a parent-death signal, "thread" runs a second
+ * thread, "child" has a child process. rcr dump must refuse, say why, and
+ * leave the process running untouched: after go the parent-death signal is
+ * still set, the thread is joined, the child exits 0 and is reaped.
  *
- * usage: unsupported GO_FILE handler|thread|child
+ * usage: unsupported GO_FILE pdeathsig|thread|child
  */
 #include "victim.h"
 #include <pthread.h>
 #include <signal.h>
 #include <sys/prctl.h>
 #include <sys/wait.h>
-
-static volatile sig_atomic_t got_usr1;
-
-static void on_usr1(int sig)
-{
-	(void)sig;
-	got_usr1 = 1;
-}
 
 static void *thread_main(void *go)
 {
@@ -36,12 +28,11 @@ int main(int argc, char **argv)
 	void *ret;
 	int status;
 
-	need_args(argc, argv, 2, "GO_FILE handler|thread|child");
+	need_args(argc, argv, 2, "GO_FILE pdeathsig|thread|child");
 	mode = argv[2];
-	if (!strcmp(mode, "handler")) {
-		struct sigaction sa = { .sa_handler = on_usr1 };
-		if (sigaction(SIGUSR1, &sa, NULL))
-			fail("sigaction: %s", strerror(errno));
+	if (!strcmp(mode, "pdeathsig")) {
+		if (prctl(PR_SET_PDEATHSIG, SIGUSR2))
+			fail("PR_SET_PDEATHSIG: %s", strerror(errno));
 	} else if (!strcmp(mode, "thread")) {
 		if (pthread_create(&thread, NULL, thread_main, argv[1]))
 			fail("pthread_create");
@@ -62,10 +53,10 @@ int main(int argc, char **argv)
 	ready();
 	wait_for_go(argv[1]);
 
-	if (!strcmp(mode, "handler")) {
-		raise(SIGUSR1);
-		if (!got_usr1)
-			fail("the SIGUSR1 handler did not run");
+	if (!strcmp(mode, "pdeathsig")) {
+		int sig = 0;
+		if (prctl(PR_GET_PDEATHSIG, &sig) || sig != SIGUSR2)
+			fail("the parent-death signal is %d, not SIGUSR2", sig);
 	} else if (!strcmp(mode, "thread")) {
 		if (pthread_join(thread, &ret) || ret != (void *)42)
 			fail("the thread did not finish properly");

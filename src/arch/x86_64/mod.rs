@@ -21,6 +21,38 @@ pub const FX_SW_OFFSET: usize = 464;
 /// Byte offset of the XSAVE header (xstate_bv first).
 pub const XSAVE_HEADER_OFFSET: usize = 512;
 
+pub fn regs_from_pb(r: &pb::X86Regs) -> libc::user_regs_struct {
+    libc::user_regs_struct {
+        r15: r.r15,
+        r14: r.r14,
+        r13: r.r13,
+        r12: r.r12,
+        rbp: r.rbp,
+        rbx: r.rbx,
+        r11: r.r11,
+        r10: r.r10,
+        r9: r.r9,
+        r8: r.r8,
+        rax: r.rax,
+        rcx: r.rcx,
+        rdx: r.rdx,
+        rsi: r.rsi,
+        rdi: r.rdi,
+        orig_rax: r.orig_rax,
+        rip: r.rip,
+        cs: r.cs,
+        eflags: r.eflags,
+        rsp: r.rsp,
+        ss: r.ss,
+        fs_base: r.fs_base,
+        gs_base: r.gs_base,
+        ds: r.ds,
+        es: r.es,
+        fs: r.fs,
+        gs: r.gs,
+    }
+}
+
 pub fn regs_to_pb(r: &libc::user_regs_struct) -> pb::X86Regs {
     pb::X86Regs {
         r15: r.r15,
@@ -53,13 +85,23 @@ pub fn regs_to_pb(r: &libc::user_regs_struct) -> pb::X86Regs {
     }
 }
 
+/// Where registers prepared by [`prepare_restart`] will be resumed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Resume {
+    /// In the same task (the parasite's cure): its restart block is intact.
+    SameTask,
+    /// In a restored process, which has no restart block.
+    NewTask,
+}
+
 /// Rewrites registers saved inside an interrupted syscall into the state
 /// the task must resume in, as the kernel would on signal return:
 /// restartable syscalls are rerun (rip back over the 2-byte `syscall`,
-/// rax = the syscall number); a syscall with a restart block (nanosleep and
-/// friends) cannot resume its block in a new process and returns -EINTR.
+/// rax = the syscall number). A syscall with a restart block (nanosleep and
+/// friends) continues through restart_syscall(2) in the same task; a new
+/// process has no restart block, so there it returns -EINTR.
 /// Returns (syscall, original result) for the record, syscall -1 if none.
-pub fn prepare_restart(r: &mut pb::X86Regs) -> (i64, i64) {
+pub fn prepare_restart(r: &mut pb::X86Regs, resume: Resume) -> (i64, i64) {
     let nr = r.orig_rax as i64;
     if nr < 0 {
         return (-1, 0);
@@ -68,6 +110,10 @@ pub fn prepare_restart(r: &mut pb::X86Regs) -> (i64, i64) {
     match -res {
         ERESTARTSYS | ERESTARTNOINTR | ERESTARTNOHAND => {
             r.rax = r.orig_rax;
+            r.rip -= 2;
+        }
+        ERESTART_RESTARTBLOCK if resume == Resume::SameTask => {
+            r.rax = NR_RESTART_SYSCALL;
             r.rip -= 2;
         }
         ERESTART_RESTARTBLOCK => r.rax = (-(libc::EINTR as i64)) as u64,

@@ -26,7 +26,8 @@ const USER_CS: u64 = 0x33;
 const USER_DS: u64 = 0x2b;
 
 const UC_OFFSET: usize = 8;
-const UC_STACK_OFFSET: usize = UC_OFFSET + 16;
+/// Offset of `uc.uc_stack` (ss_sp, ss_flags, ss_size) in the frame.
+pub const UC_STACK_OFFSET: usize = UC_OFFSET + 16;
 const MCONTEXT_OFFSET: usize = UC_OFFSET + 40;
 const SIGMASK_OFFSET: usize = MCONTEXT_OFFSET + 256;
 const FRAME_FIXED: usize = 8 + 304 + 128;
@@ -48,9 +49,21 @@ fn put32(buf: &mut [u8], off: usize, v: u32) {
     buf[off..off + 4].copy_from_slice(&v.to_le_bytes());
 }
 
+/// The alternate signal stack rt_sigreturn installs (`stack_t`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct AltStack {
+    pub sp: u64,
+    pub flags: u32,
+    pub size: u64,
+}
+
+impl AltStack {
+    pub const NONE: AltStack = AltStack { sp: 0, flags: SS_DISABLE, size: 0 };
+}
+
 /// Builds the frame into `buf`, which will live at address `at` (64-byte
 /// aligned) in the restored task. `xcr0` is this CPU's enabled feature set.
-pub fn build(buf: &mut [u8], at: u64, regs: &pb::X86Regs, xsave: &[u8], blocked: u64, xcr0: u64) -> Result<()> {
+pub fn build(buf: &mut [u8], at: u64, regs: &pb::X86Regs, xsave: &[u8], blocked: u64, altstack: AltStack, xcr0: u64) -> Result<()> {
     if !at.is_multiple_of(64) {
         bail!("sigframe address {at:#x} is not 64-byte aligned");
     }
@@ -59,8 +72,9 @@ pub fn build(buf: &mut [u8], at: u64, regs: &pb::X86Regs, xsave: &[u8], blocked:
     }
     buf.fill(0);
     put(buf, UC_OFFSET, UC_FP_XSTATE | UC_SIGCONTEXT_SS | UC_STRICT_RESTORE_SS);
-    // uc_stack: no alternate stack (ss_sp 0, ss_flags SS_DISABLE, ss_size 0).
-    put32(buf, UC_STACK_OFFSET + 8, SS_DISABLE);
+    put(buf, UC_STACK_OFFSET, altstack.sp);
+    put32(buf, UC_STACK_OFFSET + 8, altstack.flags);
+    put(buf, UC_STACK_OFFSET + 16, altstack.size);
 
     let gp = [
         regs.r8, regs.r9, regs.r10, regs.r11, regs.r12, regs.r13, regs.r14, regs.r15, regs.rdi, regs.rsi, regs.rbp,
@@ -100,7 +114,7 @@ mod tests {
         let regs = pb::X86Regs { rip: 0x1111, rsp: 0x2222, rax: 7, r8: 8, ..Default::default() };
         let xsave = vec![0xabu8; 1024];
         let mut buf = vec![0u8; frame_size(xsave.len())];
-        build(&mut buf, 0x10000, &regs, &xsave, 0x5, 0x7).unwrap();
+        build(&mut buf, 0x10000, &regs, &xsave, 0x5, AltStack::NONE, 0x7).unwrap();
         let rd = |o: usize| u64::from_le_bytes(buf[o..o + 8].try_into().unwrap());
         assert_eq!(rd(MCONTEXT_OFFSET), 8); // r8 first
         assert_eq!(rd(MCONTEXT_OFFSET + 16 * 8), 0x1111); // rip

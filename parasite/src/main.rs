@@ -1,0 +1,384 @@
+//! The parasite blob: position-independent, no libc, no panics.
+//!
+//! The dumper points a seized task's registers at `__rcr_blob_entry`
+//! with `rdi` = [`ParasiteArgs`] in the shared region (layout and protocol:
+//! `rcr_abi::parasite`). The parasite connects to the dumper's socket and
+//! serves [`Command`]s until the dumper says [`Cmd::Fini`] or the socket
+//! closes; then, or if anything before that fails, it cures the task:
+//! closes every fd it opened, records the task's alternate signal stack in
+//! the cure sigframe, swallows a SIGPIPE its own writes may have raised,
+//! and calls rt_sigreturn on the frame the dumper built from the task's
+//! saved registers. The task carries on where it was stopped; only the
+//! region itself stays mapped until the dumper unmaps it.
+//!
+//! Errors are answered as negative errno in [`Reply::status`].
+#![no_std]
+#![no_main]
+
+rcr_abi::blob_mem_functions!();
+
+use rcr_abi::parasite::{
+    Cmd, Command, DrainRun, ITimerVal, KSigaction, ParasiteArgs, Reply, TaskMisc, HELLO, MAX_SEND_FDS,
+    PARASITE_ARGS_MAGIC,
+};
+use rcr_abi::sys::{self, CmsgHdr, IoVec, MsgHdr};
+
+core::arch::global_asm!(
+    ".section .text.entry,\"ax\",@progbits",
+    ".globl __rcr_blob_entry",
+    ".hidden __rcr_blob_entry",
+    "__rcr_blob_entry:",
+    "    mov rsp, [rdi]",
+    "    and rsp, -16",
+    "    call {main}",
+    "    ud2",
+    // rt_sigreturn on the frame whose end of `pretcode` is in rdi.
+    ".globl __rcr_parasite_sigreturn",
+    ".hidden __rcr_parasite_sigreturn",
+    "__rcr_parasite_sigreturn:",
+    "    mov rsp, rdi",
+    "    mov eax, 15",
+    "    syscall",
+    "    ud2",
+    ".text",
+    main = sym parasite_main,
+);
+
+const AF_UNIX: u64 = 1;
+const SOCK_SEQPACKET: u64 = 5;
+const SOCK_CLOEXEC: u64 = 0x80000;
+const MSG_NOSIGNAL: u64 = 0x4000;
+const MSG_CMSG_CLOEXEC: u64 = 0x4000_0000;
+const SIGPIPE: u64 = 13;
+const EINVAL: i64 = 22;
+const EIO: i64 = 5;
+const EPROTO: i64 = 71;
+const PR_GET_PDEATHSIG: u64 = 2;
+const PR_GET_DUMPABLE: u64 = 3;
+const PR_GET_TIMERSLACK: u64 = 30;
+const PR_GET_CHILD_SUBREAPER: u64 = 37;
+const PR_GET_NO_NEW_PRIVS: u64 = 39;
+const PR_GET_TID_ADDRESS: u64 = 40;
+const PR_GET_THP_DISABLE: u64 = 42;
+
+/// Fds the parasite received and must close before it leaves.
+const MAX_HELD: usize = 8;
+
+struct State {
+    sock: i32,
+    held: [i32; MAX_HELD],
+    pending_at_start: u64,
+}
+
+extern "C" fn parasite_main(args: *const ParasiteArgs) -> ! {
+    // SAFETY: the dumper wrote a ParasiteArgs at `args`, inside the region
+    // that stays mapped until after the parasite has returned.
+    let a = unsafe { &*args };
+    let mut st = State { sock: -1, held: [-1; MAX_HELD], pending_at_start: 0 };
+    if a.magic == PARASITE_ARGS_MAGIC {
+        serve(a, &mut st);
+    }
+    cure(a, &st)
+}
+
+fn serve(a: &ParasiteArgs, st: &mut State) {
+    let mut pending = 0u64;
+    if sys::syscall2(sys::NR_RT_SIGPENDING, &mut pending as *mut u64 as u64, 8) == 0 {
+        st.pending_at_start = pending;
+    }
+    let sock = sys::syscall3(sys::NR_SOCKET, AF_UNIX, SOCK_SEQPACKET | SOCK_CLOEXEC, 0);
+    if sock < 0 {
+        return;
+    }
+    st.sock = sock as i32;
+    if sys::syscall3(sys::NR_CONNECT, sock as u64, a.addr.as_ptr() as u64, a.addr_len as u64) < 0 {
+        return;
+    }
+    let hello = Reply { cmd: HELLO, status: 0, value: [sys::syscall0(sys::NR_GETTID) as u64, sock as u64, 0] };
+    if send_reply(st.sock, &hello, &[]) < 0 {
+        return;
+    }
+    loop {
+        let mut c = Command::default();
+        let n = recv(st.sock, &mut c as *mut Command as u64, core::mem::size_of::<Command>() as u64, None);
+        if n != core::mem::size_of::<Command>() as i64 {
+            return; // EOF (the dumper is done or gone) or a broken message
+        }
+        let mut reply = Reply { cmd: c.cmd, status: 0, value: [0; 3] };
+        let cmd = Cmd::from_u32(c.cmd);
+        let mut fds: &[i32] = &[];
+        let status = match cmd {
+            Some(Cmd::Misc) => misc(a, st),
+            Some(Cmd::Sigactions) => sigactions(a),
+            Some(Cmd::Itimers) => itimers(a),
+            Some(Cmd::RecvFd) => recv_fd(st, &mut reply),
+            Some(Cmd::SendFds) => match fd_list(a, c.arg[0]) {
+                Some(list) => {
+                    fds = list;
+                    0
+                }
+                None => -EINVAL,
+            },
+            Some(Cmd::DrainWrite) => drain(a, &c, &mut reply, false),
+            Some(Cmd::DrainSplice) => drain(a, &c, &mut reply, true),
+            Some(Cmd::CloseFd) => close_fd(st, c.arg[0] as i32),
+            Some(Cmd::Fini) => 0,
+            None => -EINVAL,
+        };
+        reply.status = status as i32;
+        if send_reply(st.sock, &reply, fds) < 0 || cmd == Some(Cmd::Fini) {
+            return;
+        }
+    }
+}
+
+/// Returns the task to the state saved in the cure sigframe. Never returns.
+fn cure(a: &ParasiteArgs, st: &State) -> ! {
+    if st.sock >= 0 {
+        sys::close(st.sock);
+    }
+    for fd in st.held {
+        if fd >= 0 {
+            sys::close(fd);
+        }
+    }
+    // The frame's uc_stack is what rt_sigreturn sets the alternate signal
+    // stack to: keep the task's own.
+    sys::syscall2(sys::NR_SIGALTSTACK, 0, a.sigframe + a.sigframe_uc_stack);
+    // A write into a pipe whose reader (the dumper) died raised SIGPIPE;
+    // it is blocked while the parasite runs, and must not reach the task.
+    let pipe_bit = 1u64 << (SIGPIPE - 1);
+    if st.pending_at_start & pipe_bit == 0 {
+        let zero = [0u64; 2];
+        for _ in 0..4 {
+            let r = sys::syscall4(sys::NR_RT_SIGTIMEDWAIT, &pipe_bit as *const u64 as u64, 0, zero.as_ptr() as u64, 8);
+            if r != SIGPIPE as i64 {
+                break;
+            }
+        }
+    }
+    // SAFETY: the dumper built a complete rt_sigframe at `a.sigframe`;
+    // rt_sigreturn replaces every register, so nothing of this stack is
+    // used after. A direct jump to a hidden label stays PC-relative.
+    unsafe {
+        core::arch::asm!("jmp __rcr_parasite_sigreturn", in("rdi") a.sigframe + 8, options(noreturn));
+    }
+}
+
+fn data<T>(a: &ParasiteArgs, count: usize) -> Option<&'static mut [T]> {
+    let bytes = count.checked_mul(core::mem::size_of::<T>())?;
+    if bytes as u64 > a.data_len || a.data % core::mem::align_of::<T>() as u64 != 0 {
+        return None;
+    }
+    // SAFETY: the data area is `data_len` bytes of the shared region,
+    // aligned for T (checked), mapped for the parasite's whole life; the
+    // dumper does not touch it while a command runs.
+    Some(unsafe { core::slice::from_raw_parts_mut(a.data as *mut T, count) })
+}
+
+fn misc(a: &ParasiteArgs, st: &State) -> i64 {
+    let Some(out) = data::<TaskMisc>(a, 1) else { return -EINVAL };
+    let mut m = TaskMisc::default();
+    let r = sys::syscall2(sys::NR_PRCTL, PR_GET_TID_ADDRESS, &mut m.tid_address as *mut u64 as u64);
+    if r < 0 {
+        return r;
+    }
+    m.brk = sys::syscall1(sys::NR_BRK, 0) as u64;
+    let mut ss = [0u64; 3]; // ss_sp, ss_flags (+pad), ss_size
+    let r = sys::syscall2(sys::NR_SIGALTSTACK, 0, ss.as_mut_ptr() as u64);
+    if r < 0 {
+        return r;
+    }
+    (m.altstack_sp, m.altstack_flags, m.altstack_size) = (ss[0], ss[1] as i32, ss[2]);
+    m.timerslack_ns = sys::syscall1(sys::NR_PRCTL, PR_GET_TIMERSLACK) as u64;
+    let old = sys::syscall1(sys::NR_UMASK, 0);
+    sys::syscall1(sys::NR_UMASK, old as u64);
+    m.umask = old as u32;
+    m.personality = sys::syscall1(sys::NR_PERSONALITY, 0xffff_ffff) as u32;
+    m.dumpable = sys::syscall1(sys::NR_PRCTL, PR_GET_DUMPABLE) as i32;
+    let r = sys::syscall2(sys::NR_PRCTL, PR_GET_PDEATHSIG, &mut m.pdeathsig as *mut i32 as u64);
+    if r < 0 {
+        return r;
+    }
+    let r = sys::syscall2(sys::NR_PRCTL, PR_GET_CHILD_SUBREAPER, &mut m.child_subreaper as *mut i32 as u64);
+    if r < 0 {
+        return r;
+    }
+    m.thp_disable = sys::syscall1(sys::NR_PRCTL, PR_GET_THP_DISABLE) as i32;
+    m.no_new_privs = sys::syscall1(sys::NR_PRCTL, PR_GET_NO_NEW_PRIVS) as i32;
+    m.pending = st.pending_at_start;
+    m.tid = sys::syscall0(sys::NR_GETTID) as i32;
+    if let Some(slot) = out.first_mut() {
+        *slot = m;
+    }
+    0
+}
+
+fn sigactions(a: &ParasiteArgs) -> i64 {
+    let Some(out) = data::<KSigaction>(a, 64) else { return -EINVAL };
+    for (i, slot) in out.iter_mut().enumerate() {
+        let r = sys::syscall4(sys::NR_RT_SIGACTION, i as u64 + 1, 0, slot as *mut KSigaction as u64, 8);
+        if r < 0 {
+            return r;
+        }
+    }
+    0
+}
+
+fn itimers(a: &ParasiteArgs) -> i64 {
+    let Some(out) = data::<ITimerVal>(a, 3) else { return -EINVAL };
+    for (which, slot) in out.iter_mut().enumerate() {
+        let r = sys::syscall2(sys::NR_GETITIMER, which as u64, slot as *mut ITimerVal as u64);
+        if r < 0 {
+            return r;
+        }
+    }
+    0
+}
+
+fn fd_list(a: &ParasiteArgs, count: u64) -> Option<&'static [i32]> {
+    if count == 0 || count as usize > MAX_SEND_FDS {
+        return None;
+    }
+    data::<i32>(a, count as usize).map(|s| &*s)
+}
+
+fn close_fd(st: &mut State, fd: i32) -> i64 {
+    for h in st.held.iter_mut() {
+        if *h == fd {
+            *h = -1;
+        }
+    }
+    sys::syscall1(sys::NR_CLOSE, fd as u64)
+}
+
+/// Drains runs of the task's memory into `fd`: pwrite at each run's file
+/// offset, or vmsplice into a pipe in order.
+fn drain(a: &ParasiteArgs, c: &Command, reply: &mut Reply, splice: bool) -> i64 {
+    let fd = c.arg[0];
+    let Some(runs) = data::<DrainRun>(a, c.arg[1] as usize) else { return -EINVAL };
+    let mut total = 0u64;
+    for (i, run) in runs.iter().enumerate() {
+        let mut done = 0u64;
+        while done < run.len {
+            let r = if splice {
+                let iov = IoVec { base: run.vaddr + done, len: run.len - done };
+                sys::syscall4(sys::NR_VMSPLICE, fd, &iov as *const IoVec as u64, 1, 0)
+            } else {
+                sys::syscall4(sys::NR_PWRITE64, fd, run.vaddr + done, run.len - done, run.file_off + done)
+            };
+            if r <= 0 {
+                reply.value = [i as u64, done, total];
+                return if r == 0 { -EIO } else { r };
+            }
+            done += r as u64;
+            total += r as u64;
+        }
+    }
+    reply.value[2] = total;
+    0
+}
+
+/// Receives one fd (SCM_RIGHTS) and remembers it for the cure.
+fn recv_fd(st: &mut State, reply: &mut Reply) -> i64 {
+    let Some(slot) = st.held.iter().position(|h| *h < 0) else { return -EINVAL };
+    let mut byte = 0u8;
+    let mut fd = -1i32;
+    let n = recv(st.sock, &mut byte as *mut u8 as u64, 1, Some(&mut fd));
+    if n < 0 {
+        return n;
+    }
+    if fd < 0 {
+        return -EPROTO;
+    }
+    if let Some(h) = st.held.get_mut(slot) {
+        *h = fd;
+    }
+    reply.value[0] = fd as u64;
+    0
+}
+
+/// One recvmsg into `buf`; with `fd`, also takes one SCM_RIGHTS fd.
+fn recv(sock: i32, buf: u64, len: u64, fd: Option<&mut i32>) -> i64 {
+    let mut iov = IoVec { base: buf, len };
+    let mut control = [0u64; 4];
+    let mut msg = MsgHdr {
+        name: 0,
+        namelen: 0,
+        _pad: 0,
+        iov: &mut iov as *mut IoVec as u64,
+        iovlen: 1,
+        control: control.as_mut_ptr() as u64,
+        controllen: core::mem::size_of_val(&control) as u64,
+        flags: 0,
+        _pad2: 0,
+    };
+    let n = sys::syscall3(sys::NR_RECVMSG, sock as u64, &mut msg as *mut MsgHdr as u64, MSG_CMSG_CLOEXEC);
+    if n < 0 {
+        return n;
+    }
+    if let Some(out) = fd {
+        // SAFETY: `control` is 32 bytes, large enough for one cmsghdr (16)
+        // and one int; the kernel wrote `msg.controllen` bytes of it.
+        let h = unsafe { &*(control.as_ptr() as *const CmsgHdr) };
+        if msg.controllen >= 20 && h.level == sys::SOL_SOCKET && h.kind == sys::SCM_RIGHTS {
+            *out = control[2] as i32;
+        }
+    }
+    n
+}
+
+/// Sends a reply, with `fds` attached as SCM_RIGHTS if any.
+fn send_reply(sock: i32, r: &Reply, fds: &[i32]) -> i64 {
+    let mut iov = IoVec { base: r as *const Reply as u64, len: core::mem::size_of::<Reply>() as u64 };
+    // A cmsghdr and up to MAX_SEND_FDS ints, written element by element
+    // with volatile stores: a zeroing or copying loop would become a
+    // memset/memcpy libcall, which LLVM reaches through the GOT.
+    #[repr(C)]
+    struct Control {
+        hdr: CmsgHdr,
+        fds: [i32; MAX_SEND_FDS],
+    }
+    let mut control = core::mem::MaybeUninit::<Control>::uninit();
+    let mut msg = MsgHdr {
+        name: 0,
+        namelen: 0,
+        _pad: 0,
+        iov: &mut iov as *mut IoVec as u64,
+        iovlen: 1,
+        control: 0,
+        controllen: 0,
+        flags: 0,
+        _pad2: 0,
+    };
+    if !fds.is_empty() && fds.len() <= MAX_SEND_FDS {
+        let data_len = (fds.len() * 4) as u64;
+        let c = control.as_mut_ptr();
+        // SAFETY: `c` points at a live Control; only its header and the
+        // first fds.len() <= MAX_SEND_FDS ints are written, and only those
+        // (controllen) are read by the kernel.
+        unsafe {
+            core::ptr::write_volatile(&raw mut (*c).hdr, CmsgHdr { len: 16 + data_len, level: sys::SOL_SOCKET, kind: sys::SCM_RIGHTS });
+            for (i, fd) in fds.iter().enumerate() {
+                core::ptr::write_volatile((&raw mut (*c).fds as *mut i32).add(i), *fd);
+            }
+        }
+        msg.control = c as u64;
+        msg.controllen = (16 + data_len + 7) & !7;
+    }
+    let n = sys::syscall3(sys::NR_SENDMSG, sock as u64, &msg as *const MsgHdr as u64, MSG_NOSIGNAL);
+    if n >= 0 && n as usize != core::mem::size_of::<Reply>() {
+        return -EIO;
+    }
+    n
+}
+
+#[panic_handler]
+fn panic(_: &core::panic::PanicInfo) -> ! {
+    // Unreachable by construction (the build rejects blobs that need the
+    // panic machinery's relocations). Spin rather than hurt the task: the
+    // dumper sees no reply and kills or detaches it.
+    loop {
+        core::hint::spin_loop();
+    }
+}

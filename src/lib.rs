@@ -6,20 +6,24 @@
 //!            dump                                         restore
 //!  +-------------------------+                 +-------------------------------+
 //!  | dump::run               |                 | restore::run                  |
-//!  |  1 collect  (proc/)     |   image set     |  1 load + validate images     |
-//!  |  2 seize    (infect/)   | --------------> |  2 fork with the saved PID    |
+//!  |  1 seize    (infect/)   |   image set     |  1 load + validate images     |
+//!  |  2 inject the parasite  | --------------> |  2 fork with the saved PID    |
 //!  |  3 per resource dump    |  images/ + pb   |  3 per resource restore       |
 //!  |    mm::dump, files::dump|  (proto/)       |    files::restore, mm::plan   |
-//!  |  4 write images         |                 |  4 jump into the restorer blob|
-//!  |  5 kill or resume       |                 |  5 finish from outside, detach|
+//!  |  4 drain pages, write   |                 |  4 jump into the restorer blob|
+//!  |  5 cure; kill or resume |                 |  5 finish from outside, detach|
 //!  +-------------------------+                 +-------------------------------+
 //! ```
 //!
 //! * [`dump`] and [`restore`] are the two pipelines; each is a short list of
 //!   named steps. They hold no resource logic themselves.
 //! * [`infect`] is everything done to a live task through ptrace: seize and
-//!   interrupt, registers and XSAVE, remote syscalls, detach. The parasite
-//!   blob (`parasite/`) will plug in here.
+//!   interrupt, registers and XSAVE, remote syscalls, detach, and the
+//!   parasite ([`infect::parasite`]): the `parasite/` blob injected into the
+//!   task, which serves commands over a unix socket (drain pages into the
+//!   image, read signal actions, itimers, per-task values, pass fds) and
+//!   rt_sigreturns into the saved state when rcr closes the socket, or
+//!   when rcr dies.
 //! * [`images`] is the on-disk format: framing, the generated protobuf
 //!   types ([`images::pb`], from `proto/rcr.proto`), the pages file.
 //!   `images-format.md` specifies it for outside readers.
@@ -28,10 +32,12 @@
 //!   root).
 //! * [`proc`] parses /proc; [`arch`] holds what is x86-64 specific:
 //!   register layouts, the XSAVE area, the rt_sigframe, syscall restart.
-//! * The restorer blob (`restorer-blob/`) is a `#![no_std]` position
-//!   independent binary built by `build.rs` and embedded here
-//!   ([`restore::blob`]); the ABI it shares with the host lives in the
-//!   `rcr-abi` crate (`abi/`).
+//! * The two blobs, restorer (`restorer-blob/`) and parasite (`parasite/`),
+//!   are `#![no_std]` position independent binaries built by `build.rs` and
+//!   embedded here ([`blobs`]); the ABI they share with the host (argument
+//!   structs, the parasite protocol, raw syscalls, the linker script)
+//!   lives in the `rcr-abi` crate (`abi/`).
+//! * [`fault`] numbers the places where the tests kill rcr mid-dump.
 //!
 //! ## Restore in one paragraph
 //!

@@ -8,10 +8,11 @@
 //! 4. [`collect`]: registers, signals, memory layout, files, and what the
 //!    parasite reads from inside — every refusal happens here, before
 //!    anything is written,
-//! 5. [`write_images`]: pages first (drained by the parasite), the
-//!    inventory last (a directory without an inventory is not an image set),
-//! 6. cure ([`Parasite::cure`]), then read the signals that arrived
-//!    meanwhile ([`pending_signals`]),
+//! 5. [`write_pages`]: the parasite drains the pages into the image,
+//! 6. cure ([`Parasite::cure`]), then read the signals pending now, those
+//!    that arrived during the dump included ([`pending_signals`]), and
+//!    [`write_images`], the inventory last (a directory without an
+//!    inventory is not an image set),
 //! 7. [`finish`]: kill the target (default) or let it run (`-R`).
 //!
 //! Any error before step 7 drops the [`Parasite`] (which cures the task)
@@ -65,6 +66,7 @@ pub fn run(o: &Options) -> Result<()> {
     preflight(o.pid)?;
     let tracee = freeze(o.pid)?;
     fault::point("target seized");
+    parasite::remove_leftovers(&tracee)?;
     let mut parasite = Parasite::infect(&tracee)?;
     let mut collected = collect(&tracee, &mut parasite)?;
     let dir = ImageDir::create(&o.dir)?;

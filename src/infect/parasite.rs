@@ -250,14 +250,16 @@ impl<'t> Parasite<'t> {
 
     /// Points the task at the blob, with every signal blocked, and lets it go.
     fn start(&mut self) -> Result<()> {
-        self.t.set_sigmask(u64::MAX)?;
         let mut r = self.saved.regs;
         r.rip = self.start + crate::blobs::PARASITE_ENTRY as u64;
         r.rdi = self.start + self.layout.args;
         r.rsp = self.start + self.layout.stack_top;
         r.orig_rax = u64::MAX; // no syscall restart on resume
         r.rax = 0;
+        // Registers first: should rcr die between the two, the task runs
+        // the parasite with its own mask, and the parasite cures it.
         self.t.set_regs(&r)?;
+        self.t.set_sigmask(u64::MAX)?;
         self.t.cont(0)?;
         self.running = true;
         Ok(())
@@ -517,6 +519,38 @@ impl Drop for Parasite<'_> {
             }
         }
     }
+}
+
+/// Unmaps parasite regions an earlier rcr left in the stopped task: when
+/// rcr is killed while the parasite is in, the parasite returns the task
+/// to its saved state by itself but cannot unmap the code it runs from. A
+/// region is recognised by its exact content (this rcr's blob at offset 0,
+/// the args magic after it), never by its look alone. Returns how many.
+pub fn remove_leftovers(t: &Tracee) -> Result<usize> {
+    use std::os::unix::fs::FileExt;
+    let pid = t.pid();
+    let blob = crate::blobs::PARASITE_BLOB;
+    let args = Layout::new(0).args;
+    let mut removed = 0;
+    for m in crate::proc::maps(pid)? {
+        if m.perms != "rwxs" || m.name != "/dev/zero (deleted)" || m.end - m.start < args + PAGE {
+            continue;
+        }
+        let link = crate::proc::path(pid, &format!("map_files/{:x}-{:x}", m.start, m.end));
+        let Ok(f) = std::fs::File::open(&link) else { continue };
+        let mut code = vec![0u8; blob.len()];
+        let mut magic = [0u8; 8];
+        let ours = f.read_exact_at(&mut code, 0).is_ok()
+            && code == blob
+            && f.read_exact_at(&mut magic, args + 8).is_ok()
+            && u64::from_le_bytes(magic) == PARASITE_ARGS_MAGIC;
+        if ours {
+            remote_munmap(t, super::vdso_syscall_insn(pid)?, m.start, m.end - m.start)?;
+            log::warn(&format!("pid {pid}: removed a parasite region {:#x}-{:#x} left by an rcr that was killed", m.start, m.end));
+            removed += 1;
+        }
+    }
+    Ok(removed)
 }
 
 /// rcr's end of the parasite's connection: an abstract unix socket with a

@@ -28,7 +28,7 @@ pub const TIMEOUT: Duration = Duration::from_secs(30);
 const POLL: Duration = Duration::from_millis(10);
 
 pub const RCR: &str = env!("CARGO_BIN_EXE_rcr");
-const VICTIMS: &[&str] = &["heap", "sparse", "filemap", "regfile", "fpu", "counter", "daemon", "badfd", "unsupported"];
+const VICTIMS: &[&str] = &["heap", "sparse", "filemap", "regfile", "fpu", "counter", "daemon", "badfd", "unsupported", "sigstate", "steady"];
 const TMP_PREFIX: &str = "rcr-e2e-";
 
 /// Image files every successful dump of PID must leave behind.

@@ -156,11 +156,11 @@ fn collect(t: &Tracee, p: &mut Parasite) -> Result<Collected> {
     let mut maps = proc::smaps(pid)?;
     maps.retain(|m| m.end <= region || m.start >= region + region_len);
     let vmas = mm::dump::vmas(pid, &maps, &mut files)?;
-    let exe = files::dump::describe(&proc::path(pid, "exe"), "exe link")?;
+    let exe = files::dump::describe(&proc::path(pid, "exe"), "exe link", None)?;
     let exe_id = files.add_shared(pb::RegFile { flags: libc::O_RDONLY as u32, ..exe });
     let brk = misc.brk;
     let mm = mm::dump::mm_fields(&st, brk, mm::dump::auxv(pid)?, exe_id, vmas);
-    let fds = files::dump::dump_fds(pid, &p.task_fds(), &mut files)?;
+    let fds = files::dump::dump_fds(pid, task_fds(p, pid)?, &mut files)?;
     let fs = files::dump::dump_fs(pid, &status)?;
     let pstree = pb::PstreeEntry {
         pid: pid as u32,
@@ -205,6 +205,15 @@ fn collect_core(t: &Tracee, saved: &parasite::Saved, st: &proc::Stat, misc: &Tas
         timerslack_ns: misc.timerslack_ns,
         ..Default::default()
     })
+}
+
+/// The task's own fds (not the parasite's), each with a copy of its open
+/// file passed back by the parasite.
+fn task_fds(p: &mut Parasite, pid: i32) -> Result<Vec<(i32, std::fs::File)>> {
+    let skip = p.task_fds();
+    let fds: Vec<i32> = proc::fds(pid)?.into_iter().filter(|fd| !skip.contains(fd)).collect();
+    let files = p.take_fds(&fds)?;
+    Ok(fds.into_iter().zip(files.into_iter().map(std::fs::File::from)).collect())
 }
 
 fn itimer(v: ITimerVal) -> Option<pb::ITimer> {

@@ -5,14 +5,21 @@ use crate::images::pb::{FdEntry, Fs, RegFile};
 use crate::proc;
 use anyhow::{bail, Context, Result};
 use std::os::unix::fs::MetadataExt;
+use std::fs::File;
 use std::path::Path;
 
 /// Records a path-addressable file (regular, directory, memory device) as
 /// seen through a /proc magic link, and checks the path still names it.
-pub fn describe(link: &Path, what: &str) -> Result<RegFile> {
+/// `open`: the task's own open file (received from the parasite), to
+/// fstat instead of following the link.
+pub fn describe(link: &Path, what: &str, open: Option<&File>) -> Result<RegFile> {
     let target = std::fs::read_link(link).with_context(|| format!("{what}: readlink {}", link.display()))?;
     let target_s = target.to_string_lossy().to_string();
-    let md = std::fs::metadata(link).with_context(|| format!("{what} ({target_s}): stat"))?;
+    let md = match open {
+        Some(f) => f.metadata(),
+        None => std::fs::metadata(link),
+    }
+    .with_context(|| format!("{what} ({target_s}): stat"))?;
     let mode = md.mode();
     let fmt = mode & libc::S_IFMT;
     let kind_ok = fmt == libc::S_IFREG || fmt == libc::S_IFDIR || (fmt == libc::S_IFCHR && libc::major(md.rdev()) as u64 == MEM_MAJOR);
@@ -57,12 +64,13 @@ fn describe_kind(md: &std::fs::Metadata, target: &str) -> String {
 }
 
 /// Dumps every fd of `pid`; fails on the first fd rcr cannot carry.
-/// Describes every fd of `pid` except `skip` (the parasite's own).
-pub fn dump_fds(pid: i32, skip: &[i32], table: &mut FileTable) -> Result<Vec<FdEntry>> {
+/// Describes the fds `fds` of `pid`, each with its open file as the task
+/// holds it (passed by the parasite over SCM_RIGHTS).
+pub fn dump_fds(pid: i32, fds: Vec<(i32, File)>, table: &mut FileTable) -> Result<Vec<FdEntry>> {
     let mut out = Vec::new();
-    for fd in proc::fds(pid)?.into_iter().filter(|fd| !skip.contains(fd)) {
+    for (fd, file) in fds {
         let what = format!("fd {fd}");
-        let mut f = describe(&proc::path(pid, &format!("fd/{fd}")), &what)?;
+        let mut f = describe(&proc::path(pid, &format!("fd/{fd}")), &what, Some(&file))?;
         let info = proc::fdinfo(pid, fd)?;
         f.flags = info.flags & !(libc::O_CLOEXEC as u32);
         f.pos = info.pos;

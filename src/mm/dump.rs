@@ -91,7 +91,7 @@ pub fn vmas(pid: i32, maps: &[MapEntry], files: &mut FileTable) -> Result<Vec<Vm
         if matches!(kind, VmaKind::VmaFilePrivate | VmaKind::VmaFileShared) {
             let what = format!("mapping {}", m.describe());
             let link = proc::path(pid, &format!("map_files/{:x}-{:x}", m.start, m.end));
-            let mut f = describe(&link, &what)?;
+            let mut f = describe(&link, &what, None)?;
             // Shared mappings that may become writable need a writable fd.
             let write = m.shared() && m.has_flag("mw");
             f.flags = if write { libc::O_RDWR as u32 } else { libc::O_RDONLY as u32 };

@@ -63,6 +63,39 @@ pub fn exit_group(code: i32) {
     syscall6(NR_EXIT_GROUP, code as u64, 0, 0, 0, 0, 0);
 }
 
+/// Emits a blob's entry code: `__rcr_blob_entry` (at offset 0 through the
+/// linker script) loads the stack pointer from the first word of the args
+/// in `rdi` and calls `$main(args)`; `__rcr_sigreturn` calls rt_sigreturn
+/// on the frame whose `pretcode` slot ends at `rdi`; `__rcr_syscall_insn`
+/// labels its `syscall` instruction, which the host may reuse.
+#[macro_export]
+macro_rules! blob_entry {
+    ($main:path) => {
+        core::arch::global_asm!(
+            ".section .text.entry,\"ax\",@progbits",
+            ".globl __rcr_blob_entry",
+            ".hidden __rcr_blob_entry",
+            "__rcr_blob_entry:",
+            "    mov rsp, [rdi]",
+            "    and rsp, -16",
+            "    call {main}",
+            "    ud2",
+            ".globl __rcr_sigreturn",
+            ".hidden __rcr_sigreturn",
+            "__rcr_sigreturn:",
+            "    mov rsp, rdi",
+            "    mov eax, 15",
+            ".globl __rcr_syscall_insn",
+            ".hidden __rcr_syscall_insn",
+            "__rcr_syscall_insn:",
+            "    syscall",
+            "    ud2",
+            ".text",
+            main = sym $main,
+        );
+    };
+}
+
 /// Defines `memcpy`, `memmove`, `memset`, `memcmp` and `bcmp` in the blob
 /// crate that invokes it. They must live in the binary crate itself: the
 /// linker then binds the compiler's calls to them directly, where symbols

@@ -23,26 +23,7 @@ use rcr_abi::parasite::{
 };
 use rcr_abi::sys::{self, CmsgHdr, IoVec, MsgHdr};
 
-core::arch::global_asm!(
-    ".section .text.entry,\"ax\",@progbits",
-    ".globl __rcr_blob_entry",
-    ".hidden __rcr_blob_entry",
-    "__rcr_blob_entry:",
-    "    mov rsp, [rdi]",
-    "    and rsp, -16",
-    "    call {main}",
-    "    ud2",
-    // rt_sigreturn on the frame whose end of `pretcode` is in rdi.
-    ".globl __rcr_parasite_sigreturn",
-    ".hidden __rcr_parasite_sigreturn",
-    "__rcr_parasite_sigreturn:",
-    "    mov rsp, rdi",
-    "    mov eax, 15",
-    "    syscall",
-    "    ud2",
-    ".text",
-    main = sym parasite_main,
-);
+rcr_abi::blob_entry!(parasite_main);
 
 const AF_UNIX: u64 = 1;
 const SOCK_SEQPACKET: u64 = 5;
@@ -161,7 +142,7 @@ fn cure(a: &ParasiteArgs, st: &State) -> ! {
     // rt_sigreturn replaces every register, so nothing of this stack is
     // used after. A direct jump to a hidden label stays PC-relative.
     unsafe {
-        core::arch::asm!("jmp __rcr_parasite_sigreturn", in("rdi") a.sigframe + 8, options(noreturn));
+        core::arch::asm!("jmp __rcr_sigreturn", in("rdi") a.sigframe + 8, options(noreturn));
     }
 }
 

@@ -25,30 +25,7 @@ use rcr_abi::sys;
 
 use rcr_abi::{PageRun, RestoreArgs, RestoreStep, VmaEntry, NR_SPECIAL, RESTORE_ARGS_MAGIC, TASK_SIZE};
 
-core::arch::global_asm!(
-    ".section .text.entry,\"ax\",@progbits",
-    ".globl __rcr_blob_entry",
-    ".hidden __rcr_blob_entry",
-    "__rcr_blob_entry:",
-    "    mov rsp, [rdi]",
-    "    and rsp, -16",
-    "    call {main}",
-    "    ud2",
-    // rt_sigreturn on the frame in rdi. The `syscall` below is also the
-    // instruction the host reuses to unmap the region from outside.
-    ".globl __rcr_sigreturn",
-    ".hidden __rcr_sigreturn",
-    "__rcr_sigreturn:",
-    "    mov rsp, rdi",
-    "    mov eax, 15",
-    ".globl __rcr_syscall_insn",
-    ".hidden __rcr_syscall_insn",
-    "__rcr_syscall_insn:",
-    "    syscall",
-    "    ud2",
-    ".text",
-    main = sym restore_main,
-);
+rcr_abi::blob_entry!(restore_main);
 
 const MAP_FIXED_NOREPLACE: u64 = 0x100000;
 const MREMAP_MAYMOVE: u64 = 1;

@@ -40,6 +40,7 @@ const SYSCALL_STOP: i32 = libc::SIGTRAP | 0x80;
 pub struct Tracee {
     pid: i32,
     attached: bool,
+    gadgets: std::cell::OnceCell<Option<Gadgets>>,
     _not_send: std::marker::PhantomData<*const ()>,
 }
 
@@ -110,7 +111,7 @@ impl Tracee {
     pub fn seize(pid: i32) -> Result<Self> {
         let opts = libc::PTRACE_O_TRACESYSGOOD as usize;
         ptrace(libc::PTRACE_SEIZE, pid, 0, opts).with_context(|| format!("PTRACE_SEIZE pid {pid}"))?;
-        let t = Tracee { pid, attached: true, _not_send: std::marker::PhantomData };
+        let t = Tracee { pid, attached: true, gadgets: Default::default(), _not_send: std::marker::PhantomData };
         ptrace(libc::PTRACE_INTERRUPT, pid, 0, 0).with_context(|| format!("PTRACE_INTERRUPT pid {pid}"))?;
         t.wait_for_interrupt()?;
         Ok(t)
@@ -121,7 +122,7 @@ impl Tracee {
     pub fn seize_child(pid: i32) -> Result<Self> {
         let opts = (libc::PTRACE_O_TRACESYSGOOD | libc::PTRACE_O_EXITKILL) as usize;
         ptrace(libc::PTRACE_SEIZE, pid, 0, opts).with_context(|| format!("PTRACE_SEIZE pid {pid}"))?;
-        Ok(Tracee { pid, attached: true, _not_send: std::marker::PhantomData })
+        Ok(Tracee { pid, attached: true, gadgets: Default::default(), _not_send: std::marker::PhantomData })
     }
 
     pub fn pid(&self) -> i32 {
@@ -297,6 +298,83 @@ impl Tracee {
         Ok(result?.rax as i64)
     }
 
+    /// Runs one syscall inside the stopped task such that, whatever happens
+    /// to rcr meanwhile, the task comes back to its own state by itself:
+    /// the syscall runs at a `syscall; ret` in the task's code, and `ret`
+    /// goes to its libc's rt_sigreturn stub with, as the frame, the task's
+    /// saved state written below its stack's red zone. rcr watches the
+    /// chain with PTRACE_SYSCALL and puts the overwritten stack bytes back.
+    /// Without such code in the task (no glibc), this is
+    /// [`Tracee::remote_syscall`] through its vDSO, whose few microseconds
+    /// between setting and restoring registers are not covered.
+    pub fn remote_syscall_guarded(&self, nr: u64, args: [u64; 6]) -> Result<i64> {
+        use crate::arch::cur::{self as arch, sigframe};
+        let Some(g) = self.gadgets()? else {
+            return self.remote_syscall(vdso_syscall_insn(self.pid)?, nr, args);
+        };
+        let (regs, xsave, mask) = (self.get_regs()?, self.get_xsave()?, self.get_sigmask()?);
+        let mut back = arch::regs_to_pb(&regs);
+        arch::prepare_restart(&mut back, arch::Resume::SameTask);
+        let size = sigframe::frame_size(xsave.len());
+        let at = (regs.rsp - 128 - size as u64) & !63;
+        let mut frame = vec![0u8; size];
+        sigframe::build(&mut frame, at, &back, &xsave, mask, sigframe::AltStack::UNCHANGED, arch::xcr0())?;
+        frame[..8].copy_from_slice(&g.sigreturn.to_le_bytes()); // pretcode: where `ret` goes
+        let mut old = vec![0u8; size];
+        read_memory(self.pid, at, &mut old)?;
+        write_memory(self.pid, at, &frame)?;
+        let mut r = regs;
+        r.rip = g.syscall_ret;
+        r.rsp = at;
+        r.rax = nr;
+        r.orig_rax = u64::MAX;
+        (r.rdi, r.rsi, r.rdx, r.r10, r.r8, r.r9) = (args[0], args[1], args[2], args[3], args[4], args[5]);
+        // Registers before the mask: from here on the task returns to its
+        // own state (mask included) by itself.
+        self.set_regs(&r)?;
+        let result = self.set_sigmask(u64::MAX).and_then(|()| self.run_guarded_chain(nr));
+        if result.is_err() {
+            // rcr is alive: put everything back directly.
+            self.set_regs(&regs)?;
+            self.set_xsave(&xsave)?;
+            self.set_sigmask(mask)?;
+        }
+        write_memory(self.pid, at, &old)?;
+        ptrace(libc::PTRACE_INTERRUPT, self.pid, 0, 0).with_context(|| format!("PTRACE_INTERRUPT pid {}", self.pid))?;
+        ptrace(libc::PTRACE_CONT, self.pid, 0, 0).with_context(|| format!("PTRACE_CONT pid {}", self.pid))?;
+        self.wait_for_interrupt()?;
+        result
+    }
+
+    /// Steps through the syscall and the rt_sigreturn after it; returns the
+    /// syscall's result.
+    fn run_guarded_chain(&self, nr: u64) -> Result<i64> {
+        const NR_RT_SIGRETURN: u64 = 15;
+        self.step_syscall()?;
+        crate::fault::point("inside a guarded remote syscall");
+        self.step_syscall()?;
+        let result = self.get_regs()?.rax as i64;
+        self.step_syscall()?;
+        let r = self.get_regs()?;
+        if r.orig_rax != NR_RT_SIGRETURN {
+            bail!("pid {}: after syscall {nr}, expected rt_sigreturn, got syscall {}", self.pid, r.orig_rax as i64);
+        }
+        self.step_syscall()?;
+        Ok(result)
+    }
+
+    /// The task's `syscall; ret` and rt_sigreturn stub, found once.
+    fn gadgets(&self) -> Result<Option<Gadgets>> {
+        if let Some(g) = self.gadgets.get() {
+            return Ok(*g);
+        }
+        let g = find_gadgets(self.pid)?;
+        if g.is_none() {
+            crate::log::info(&format!("pid {}: no rt_sigreturn stub in its code; remote syscalls run unguarded", self.pid));
+        }
+        Ok(*self.gadgets.get_or_init(|| g))
+    }
+
     /// Lets the task go, as it was.
     pub fn detach(mut self) -> Result<()> {
         self.attached = false;
@@ -347,6 +425,51 @@ pub fn vdso_syscall_insn(pid: i32) -> Result<u64> {
     let code = unsafe { std::slice::from_raw_parts(mine.start as *const u8, (mine.end - mine.start) as usize) };
     let off = code.windows(2).position(|w| w == [0x0f, 0x05]).context("no syscall instruction in [vdso]")?;
     Ok(theirs.start + off as u64)
+}
+
+/// Code in a task that lets a remote syscall return on its own.
+#[derive(Debug, Clone, Copy)]
+pub struct Gadgets {
+    /// `syscall; ret`
+    syscall_ret: u64,
+    /// `mov $15, %rax; syscall` (glibc's and musl's `__restore_rt`)
+    sigreturn: u64,
+}
+
+/// Looks for [`Gadgets`] in the task's file-backed executable mappings.
+fn find_gadgets(pid: i32) -> Result<Option<Gadgets>> {
+    const SYSCALL_RET: &[u8] = &[0x0f, 0x05, 0xc3];
+    const RESTORE_RT: &[u8] = &[0x48, 0xc7, 0xc0, 0x0f, 0x00, 0x00, 0x00, 0x0f, 0x05];
+    let (mut syscall_ret, mut sigreturn) = (None, None);
+    for m in crate::proc::maps(pid)? {
+        if m.perms != "r-xp" || m.inode == 0 || m.end - m.start > 64 << 20 {
+            continue;
+        }
+        let mut code = vec![0u8; (m.end - m.start) as usize];
+        if read_memory(pid, m.start, &mut code).is_err() {
+            continue;
+        }
+        let find = |pat: &[u8]| code.windows(pat.len()).position(|w| w == pat).map(|o| m.start + o as u64);
+        syscall_ret = syscall_ret.or_else(|| find(SYSCALL_RET));
+        sigreturn = sigreturn.or_else(|| find(RESTORE_RT));
+        if let (Some(syscall_ret), Some(sigreturn)) = (syscall_ret, sigreturn) {
+            return Ok(Some(Gadgets { syscall_ret, sigreturn }));
+        }
+    }
+    Ok(None)
+}
+
+/// Writes `data` at `addr` of another process (process_vm_writev).
+pub fn write_memory(pid: i32, addr: u64, data: &[u8]) -> Result<()> {
+    let local = libc::iovec { iov_base: data.as_ptr() as *mut libc::c_void, iov_len: data.len() };
+    let remote = libc::iovec { iov_base: addr as *mut libc::c_void, iov_len: data.len() };
+    // SAFETY: `local` covers `data`, which the kernel only reads; `remote`
+    // is an address in the other process.
+    let n = unsafe { libc::process_vm_writev(pid, &local, 1, &remote, 1, 0) };
+    if n != data.len() as isize {
+        return Err(std::io::Error::last_os_error()).with_context(|| format!("process_vm_writev pid {pid} at {addr:#x}"));
+    }
+    Ok(())
 }
 
 /// Reads `len` bytes at `addr` of another process (process_vm_readv).

@@ -136,7 +136,6 @@ impl Drop for LocalMap {
 pub struct Parasite<'t> {
     t: &'t Tracee,
     saved: Saved,
-    syscall_insn: u64,
     start: u64,
     layout: Layout,
     local: LocalMap,
@@ -150,8 +149,8 @@ pub struct Parasite<'t> {
 }
 
 /// Unmaps the region from the stopped task.
-fn remote_munmap(t: &Tracee, insn: u64, start: u64, len: u64) -> Result<()> {
-    let r = t.remote_syscall(insn, NR_MUNMAP, [start, len, 0, 0, 0, 0])?;
+fn remote_munmap(t: &Tracee, start: u64, len: u64) -> Result<()> {
+    let r = t.remote_syscall_guarded(NR_MUNMAP, [start, len, 0, 0, 0, 0])?;
     if r < 0 {
         bail!("munmap of the parasite region {start:#x} in pid {} failed: {}", t.pid(), errno(r));
     }
@@ -168,11 +167,10 @@ impl<'t> Parasite<'t> {
     pub fn infect(t: &'t Tracee) -> Result<Self> {
         let pid = t.pid();
         let saved = Saved::read(t)?;
-        let syscall_insn = super::vdso_syscall_insn(pid)?;
         let layout = Layout::new(saved.xsave.len());
         let prot = (libc::PROT_READ | libc::PROT_WRITE | libc::PROT_EXEC) as u64;
         let flags = (libc::MAP_SHARED | libc::MAP_ANONYMOUS) as u64;
-        let r = t.remote_syscall(syscall_insn, NR_MMAP, [0, layout.len, prot, flags, u64::MAX, 0])?;
+        let r = t.remote_syscall_guarded(NR_MMAP, [0, layout.len, prot, flags, u64::MAX, 0])?;
         if r < 0 {
             bail!("mmap of the parasite region ({} bytes) in pid {pid} failed: {}", layout.len, errno(r));
         }
@@ -181,11 +179,11 @@ impl<'t> Parasite<'t> {
         let local = match LocalMap::open(pid, start, layout.len) {
             Ok(l) => l,
             Err(e) => {
-                let _ = remote_munmap(t, syscall_insn, start, layout.len);
+                let _ = remote_munmap(t, start, layout.len);
                 return Err(e);
             }
         };
-        let mut p = Parasite { t, saved, syscall_insn, start, layout, local, sock: None, sent_fds: Vec::new(), running: false, task_sock: -1 };
+        let mut p = Parasite { t, saved, start, layout, local, sock: None, sent_fds: Vec::new(), running: false, task_sock: -1 };
         // From here on, dropping `p` cures the task.
         let listener = Listener::new(pid)?;
         p.load(&listener)?;
@@ -477,7 +475,7 @@ impl<'t> Parasite<'t> {
             self.saved.write(t)?;
         }
         fault::point("parasite returned");
-        remote_munmap(t, self.syscall_insn, self.start, self.layout.len)?;
+        remote_munmap(t, self.start, self.layout.len)?;
         self.start = 0;
         fault::point("parasite region unmapped");
         log::debug(&format!("pid {pid}: parasite cured"));
@@ -545,7 +543,7 @@ pub fn remove_leftovers(t: &Tracee) -> Result<usize> {
             && f.read_exact_at(&mut magic, args + 8).is_ok()
             && u64::from_le_bytes(magic) == PARASITE_ARGS_MAGIC;
         if ours {
-            remote_munmap(t, super::vdso_syscall_insn(pid)?, m.start, m.end - m.start)?;
+            remote_munmap(t, m.start, m.end - m.start)?;
             log::warn(&format!("pid {pid}: removed a parasite region {:#x}-{:#x} left by an rcr that was killed", m.start, m.end));
             removed += 1;
         }

@@ -87,7 +87,10 @@ impl Region {
             std::ptr::copy_nonoverlapping(plan.runs.as_ptr(), runs, plan.runs.len());
             let frame = std::slice::from_raw_parts_mut(base.add(frame_off as usize), frame_len as usize);
             let alt = core.altstack.as_ref().map_or(sigframe::AltStack::NONE, |a| sigframe::AltStack { sp: a.sp, flags: a.flags, size: a.size });
-            sigframe::build(frame, start + frame_off, regs, &core.xsave, core.blocked, alt, xcr0)?;
+            // All signals stay blocked through rt_sigreturn (pending ones and
+            // fresh timer ticks included) until rcr, done with the task,
+            // sets the saved mask (restore::supervise).
+            sigframe::build(frame, start + frame_off, regs, &core.xsave, u64::MAX, alt, xcr0)?;
         }
         let mut special = plan.special;
         for s in special.iter_mut().take(NR_SPECIAL) {
@@ -177,9 +180,12 @@ impl Region {
 fn itimer(t: &Option<pb::ITimer>) -> ITimerVal {
     let t = t.unwrap_or_default();
     let split = |us: u64| ((us / 1_000_000) as i64, (us % 1_000_000) as i64);
-    // getitimer reports an armed timer as at least 1 us away, so value 0
-    // means disarmed (and the blob leaves it so).
-    let ((interval_sec, interval_usec), (value_sec, value_usec)) = (split(t.interval_us), split(t.value_us));
+    // Value 0 with an interval: a periodic ITIMER_REAL whose SIGALRM was
+    // still pending (the kernel re-arms it when the signal is dequeued).
+    // That signal is queued again on restore; arm the timer for the next
+    // period. Value 0 without an interval: disarmed, the blob leaves it so.
+    let value_us = if t.value_us == 0 { t.interval_us } else { t.value_us };
+    let ((interval_sec, interval_usec), (value_sec, value_usec)) = (split(t.interval_us), split(value_us));
     ITimerVal { interval_sec, interval_usec, value_sec, value_usec }
 }
 

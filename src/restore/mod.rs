@@ -233,6 +233,9 @@ fn supervise(l: &Loaded, t: Tracee, region_start: u64, region_len: u64, insn: u6
             bail!("unmapping the bootstrap region: {}", std::io::Error::from_raw_os_error(-res as i32));
         }
         t.set_regs(&restored)?;
+        // The sigframe kept every signal blocked, so none could stop the
+        // steps above; the saved mask takes over now, as rcr lets go.
+        t.set_sigmask(l.core.blocked)?;
         Ok(())
     })();
     match result {

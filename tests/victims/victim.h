@@ -9,9 +9,9 @@
  *   or "FAIL: <what>" (exit 1).
  *   stdin is /dev/null; stdout and stderr are the same O_APPEND log file.
  *
- * Victims install no signal handlers and create no pipes, sockets, threads
- * or children (rcr refuses those), except badfd and unsupported, whose
- * dumps must be refused.
+ * Victims may install signal handlers (rcr saves and restores them: see
+ * sigstate), but create no pipes, sockets, threads or children (rcr refuses
+ * those), except badfd and unsupported, whose dumps must be refused.
  *
  * A victim never waits forever: with no go file after GO_TIMEOUT_POLLS polls
  * (10 minutes) it fails, so a crashed harness leaves nothing running.

@@ -59,6 +59,9 @@ pub struct AltStack {
 
 impl AltStack {
     pub const NONE: AltStack = AltStack { sp: 0, flags: SS_DISABLE, size: 0 };
+    /// Leaves the task's alternate stack as it is: rt_sigreturn ignores
+    /// the error an invalid mode (SS_ONSTACK | SS_DISABLE) gives.
+    pub const UNCHANGED: AltStack = AltStack { sp: 0, flags: 3, size: 0 };
 }
 
 /// Builds the frame into `buf`, which will live at address `at` (64-byte

@@ -222,6 +222,24 @@ pub struct MsgHdr {
     pub _pad2: u32,
 }
 
+impl MsgHdr {
+    /// A message of one buffer, with a control buffer of `controllen`
+    /// bytes at `control` (0, 0 for none).
+    pub fn new(iov: &mut IoVec, control: u64, controllen: u64) -> Self {
+        MsgHdr {
+            name: 0,
+            namelen: 0,
+            _pad: 0,
+            iov: iov as *mut IoVec as u64,
+            iovlen: 1,
+            control,
+            controllen,
+            flags: 0,
+            _pad2: 0,
+        }
+    }
+}
+
 /// `struct cmsghdr`, followed by its data.
 #[repr(C)]
 #[derive(Debug)]

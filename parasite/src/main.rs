@@ -148,7 +148,7 @@ fn cure(a: &ParasiteArgs, st: &State) -> ! {
 
 fn data<T>(a: &ParasiteArgs, count: usize) -> Option<&'static mut [T]> {
     let bytes = count.checked_mul(core::mem::size_of::<T>())?;
-    if bytes as u64 > a.data_len || a.data % core::mem::align_of::<T>() as u64 != 0 {
+    if bytes as u64 > a.data_len || !a.data.is_multiple_of(core::mem::align_of::<T>() as u64) {
         return None;
     }
     // SAFETY: the data area is `data_len` bytes of the shared region,
@@ -283,17 +283,7 @@ fn recv_fd(st: &mut State, reply: &mut Reply) -> i64 {
 fn recv(sock: i32, buf: u64, len: u64, fd: Option<&mut i32>) -> i64 {
     let mut iov = IoVec { base: buf, len };
     let mut control = [0u64; 4];
-    let mut msg = MsgHdr {
-        name: 0,
-        namelen: 0,
-        _pad: 0,
-        iov: &mut iov as *mut IoVec as u64,
-        iovlen: 1,
-        control: control.as_mut_ptr() as u64,
-        controllen: core::mem::size_of_val(&control) as u64,
-        flags: 0,
-        _pad2: 0,
-    };
+    let mut msg = MsgHdr::new(&mut iov, control.as_mut_ptr() as u64, core::mem::size_of_val(&control) as u64);
     let n = sys::syscall3(sys::NR_RECVMSG, sock as u64, &mut msg as *mut MsgHdr as u64, MSG_CMSG_CLOEXEC);
     if n < 0 {
         return n;
@@ -321,17 +311,7 @@ fn send_reply(sock: i32, r: &Reply, fds: &[i32]) -> i64 {
         fds: [i32; MAX_SEND_FDS],
     }
     let mut control = core::mem::MaybeUninit::<Control>::uninit();
-    let mut msg = MsgHdr {
-        name: 0,
-        namelen: 0,
-        _pad: 0,
-        iov: &mut iov as *mut IoVec as u64,
-        iovlen: 1,
-        control: 0,
-        controllen: 0,
-        flags: 0,
-        _pad2: 0,
-    };
+    let mut msg = MsgHdr::new(&mut iov, 0, 0);
     if !fds.is_empty() && fds.len() <= MAX_SEND_FDS {
         let data_len = (fds.len() * 4) as u64;
         let c = control.as_mut_ptr();

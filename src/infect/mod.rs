@@ -4,9 +4,9 @@
 //!
 //! 1. seize and stop ([`Tracee::seize`]);
 //! 2. prepare: save its registers, XSAVE area and signal mask
-//!    ([`parasite::Saved`]); no code bytes are overwritten, the `syscall`
-//!    instruction used from outside is the one in its own vDSO
-//!    ([`vdso_syscall_insn`]);
+//!    ([`Saved`]); no code bytes are overwritten: the syscalls run from
+//!    outside use instructions of its own libc
+//!    ([`Tracee::remote_syscall_guarded`]) or vDSO ([`vdso_syscall_insn`]);
 //! 3. inject ([`parasite::Parasite::infect`]): a remote mmap of a shared
 //!    region, which rcr maps too, loaded with the `parasite/` blob, the
 //!    args and a sigframe holding the saved state;
@@ -292,10 +292,16 @@ impl Tracee {
         // Put the task back in an interrupt stop with its own registers,
         // whatever happened above.
         self.set_regs(&saved)?;
+        self.reinterrupt()?;
+        Ok(result?.rax as i64)
+    }
+
+    /// From a syscall stop, back into an interrupt stop, so that resuming
+    /// the task later goes through the kernel's syscall-restart logic.
+    fn reinterrupt(&self) -> Result<()> {
         ptrace(libc::PTRACE_INTERRUPT, self.pid, 0, 0).with_context(|| format!("PTRACE_INTERRUPT pid {}", self.pid))?;
         ptrace(libc::PTRACE_CONT, self.pid, 0, 0).with_context(|| format!("PTRACE_CONT pid {}", self.pid))?;
-        self.wait_for_interrupt()?;
-        Ok(result?.rax as i64)
+        self.wait_for_interrupt()
     }
 
     /// Runs one syscall inside the stopped task such that, whatever happens
@@ -312,13 +318,14 @@ impl Tracee {
         let Some(g) = self.gadgets()? else {
             return self.remote_syscall(vdso_syscall_insn(self.pid)?, nr, args);
         };
-        let (regs, xsave, mask) = (self.get_regs()?, self.get_xsave()?, self.get_sigmask()?);
+        let saved = Saved::read(self)?;
+        let (regs, xsave, mask) = (saved.regs, &saved.xsave, saved.sigmask);
         let mut back = arch::regs_to_pb(&regs);
         arch::prepare_restart(&mut back, arch::Resume::SameTask);
         let size = sigframe::frame_size(xsave.len());
         let at = (regs.rsp - 128 - size as u64) & !63;
         let mut frame = vec![0u8; size];
-        sigframe::build(&mut frame, at, &back, &xsave, mask, sigframe::AltStack::UNCHANGED, arch::xcr0())?;
+        sigframe::build(&mut frame, at, &back, xsave, mask, sigframe::AltStack::UNCHANGED, arch::xcr0())?;
         frame[..8].copy_from_slice(&g.sigreturn.to_le_bytes()); // pretcode: where `ret` goes
         let mut old = vec![0u8; size];
         read_memory(self.pid, at, &mut old)?;
@@ -335,14 +342,10 @@ impl Tracee {
         let result = self.set_sigmask(u64::MAX).and_then(|()| self.run_guarded_chain(nr));
         if result.is_err() {
             // rcr is alive: put everything back directly.
-            self.set_regs(&regs)?;
-            self.set_xsave(&xsave)?;
-            self.set_sigmask(mask)?;
+            saved.write(self)?;
         }
         write_memory(self.pid, at, &old)?;
-        ptrace(libc::PTRACE_INTERRUPT, self.pid, 0, 0).with_context(|| format!("PTRACE_INTERRUPT pid {}", self.pid))?;
-        ptrace(libc::PTRACE_CONT, self.pid, 0, 0).with_context(|| format!("PTRACE_CONT pid {}", self.pid))?;
-        self.wait_for_interrupt()?;
+        self.reinterrupt()?;
         result
     }
 
@@ -425,6 +428,30 @@ pub fn vdso_syscall_insn(pid: i32) -> Result<u64> {
     let code = unsafe { std::slice::from_raw_parts(mine.start as *const u8, (mine.end - mine.start) as usize) };
     let off = code.windows(2).position(|w| w == [0x0f, 0x05]).context("no syscall instruction in [vdso]")?;
     Ok(theirs.start + off as u64)
+}
+
+/// What a stopped task was: everything a cure or a failed injection puts
+/// back.
+#[derive(Debug, Clone)]
+pub struct Saved {
+    pub regs: libc::user_regs_struct,
+    pub xsave: Vec<u8>,
+    pub sigmask: u64,
+    /// rseq registration: pointer, length (0: none), signature.
+    pub rseq: (u64, u32, u32),
+}
+
+impl Saved {
+    pub fn read(t: &Tracee) -> Result<Self> {
+        Ok(Saved { regs: t.get_regs()?, xsave: t.get_xsave()?, sigmask: t.get_sigmask()?, rseq: t.get_rseq()? })
+    }
+
+    /// Puts registers, XSAVE area and mask back through ptrace.
+    pub fn write(&self, t: &Tracee) -> Result<()> {
+        t.set_regs(&self.regs)?;
+        t.set_xsave(&self.xsave)?;
+        t.set_sigmask(self.sigmask)
+    }
 }
 
 /// Code in a task that lets a remote syscall return on its own.

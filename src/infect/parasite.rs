@@ -18,6 +18,7 @@
 //! it was.
 #![allow(unsafe_code)]
 
+pub use super::Saved;
 use super::Tracee;
 use crate::arch::cur as arch;
 use crate::arch::cur::sigframe;
@@ -42,29 +43,6 @@ const MAX_CURE_STOPS: usize = 64;
 
 fn page_up(x: u64) -> u64 {
     (x + PAGE - 1) & !(PAGE - 1)
-}
-
-/// What the task was when it was stopped: everything the cure restores.
-#[derive(Debug, Clone)]
-pub struct Saved {
-    pub regs: libc::user_regs_struct,
-    pub xsave: Vec<u8>,
-    pub sigmask: u64,
-    /// rseq registration: pointer, length (0: none), signature.
-    pub rseq: (u64, u32, u32),
-}
-
-impl Saved {
-    pub fn read(t: &Tracee) -> Result<Self> {
-        Ok(Saved { regs: t.get_regs()?, xsave: t.get_xsave()?, sigmask: t.get_sigmask()?, rseq: t.get_rseq()? })
-    }
-
-    /// Puts it all back through ptrace (the cure of last resort).
-    fn write(&self, t: &Tracee) -> Result<()> {
-        t.set_regs(&self.regs)?;
-        t.set_xsave(&self.xsave)?;
-        t.set_sigmask(self.sigmask)
-    }
 }
 
 /// Offsets of the parts of the region (see `rcr_abi::parasite`).
@@ -214,12 +192,19 @@ impl<'t> Parasite<'t> {
         std::iter::once(self.task_sock).chain(self.sent_fds.iter().copied()).collect()
     }
 
+    /// The saved registers as the cure sigframe holds them: an interrupted
+    /// syscall set up to restart in this same task.
+    fn resume_regs(&self) -> pb::X86Regs {
+        let mut regs = arch::regs_to_pb(&self.saved.regs);
+        arch::prepare_restart(&mut regs, arch::Resume::SameTask);
+        regs
+    }
+
     /// Copies the blob, the args and the cure sigframe into the region.
     fn load(&mut self, listener: &Listener) -> Result<()> {
         let blob = crate::blobs::PARASITE_BLOB;
         self.local.bytes(0, blob.len()).copy_from_slice(blob);
-        let mut regs = arch::regs_to_pb(&self.saved.regs);
-        arch::prepare_restart(&mut regs, arch::Resume::SameTask);
+        let regs = self.resume_regs();
         let frame_at = self.start + self.layout.frame;
         let frame_len = sigframe::frame_size(self.saved.xsave.len());
         let (xsave, mask) = (self.saved.xsave.clone(), self.saved.sigmask);
@@ -494,8 +479,7 @@ impl<'t> Parasite<'t> {
             }
             t.step_syscall()?; // its exit: the saved state is in place
             let now = t.get_regs()?;
-            let mut want = arch::regs_to_pb(&self.saved.regs);
-            arch::prepare_restart(&mut want, arch::Resume::SameTask);
+            let want = self.resume_regs();
             if now.rip != want.rip || now.rsp != want.rsp {
                 bail!("rt_sigreturn landed at rip {:#x} rsp {:#x}, not at {:#x} {:#x}", now.rip, now.rsp, want.rip, want.rsp);
             }

@@ -410,6 +410,9 @@ fn splice_runs(pipe: RawFd, sock: RawFd, file: RawFd, runs: &[DrainRun]) -> Resu
             }
             let n = crate::sys::splice_to_file(pipe, file, run.file_off + done, run.len - done)
                 .with_context(|| format!("splicing pages at {:#x} into the image", run.vaddr + done))?;
+            if n == 0 {
+                bail!("the page pipe closed at {:#x}: the parasite is gone", run.vaddr + done);
+            }
             done += n;
         }
     }

@@ -74,3 +74,4 @@ pub mod proc;
 pub mod restore;
 pub mod show;
 pub mod sys;
+pub mod tree;

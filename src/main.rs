@@ -33,6 +33,10 @@ enum Cmd {
         /// from outside (readv, the fallback).
         #[arg(long = "pages-via", value_enum, default_value_t = rcr::dump::PagesVia::Write)]
         pages_via: rcr::dump::PagesVia,
+        /// What to dump: the process and all its descendants (tree), or
+        /// the process alone (process).
+        #[arg(long = "scope", value_enum, default_value_t = rcr::tree::Scope::Tree)]
+        scope: rcr::tree::Scope,
     },
     /// Restore a process from an image directory.
     Restore {
@@ -64,8 +68,8 @@ fn main() {
         std::process::exit(1);
     }
     let result = match cli.cmd {
-        Cmd::Dump { pid, dir, leave_running, pages_via } => {
-            rcr::dump::run(&rcr::dump::Options { pid, dir, leave_running, pages_via }).map(|()| 0)
+        Cmd::Dump { pid, dir, leave_running, pages_via, scope } => {
+            rcr::dump::run(&rcr::dump::Options { pid, dir, leave_running, pages_via, scope }).map(|()| 0)
         }
         Cmd::Restore { dir, detached, pidfile } => rcr::restore::run(&rcr::restore::Options { dir, detached, pidfile }),
         Cmd::Show { dir, json } => rcr::show::run(&dir, json).map(|()| 0),

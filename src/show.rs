@@ -59,6 +59,7 @@ fn order_key(name: &str) -> (u8, u32, usize, String) {
         "inventory" => return key(0, 0, 0),
         "pstree" => return key(1, 0, 0),
         "files" => return key(3, 0, 0),
+        "pipes" => return key(3, 0, 1),
         _ => {}
     }
     let parsed = stem.rsplit_once('-').and_then(|(s, p)| Some((s, p.parse::<u32>().ok()?)));
@@ -80,6 +81,7 @@ enum Body {
     Files(Vec<pb::RegFile>),
     Fdinfo(Vec<pb::FdEntry>),
     Fs(Vec<pb::Fs>),
+    Pipes(Vec<pb::PipeEntry>),
 }
 
 /// What a pages file holds: its header was checked, the rest is raw pages.
@@ -112,6 +114,7 @@ fn decode_body(path: &Path, kind: Kind, raw: &[Vec<u8>]) -> Result<Body> {
         Kind::Files => Body::Files(images::decode_entries(path, kind, raw)?),
         Kind::Fdinfo => Body::Fdinfo(images::decode_entries(path, kind, raw)?),
         Kind::Fs => Body::Fs(images::decode_entries(path, kind, raw)?),
+        Kind::Pipes => Body::Pipes(images::decode_entries(path, kind, raw)?),
         Kind::Pages => bail!("{}: a pages file holds raw pages, not entries", path.display()),
     })
 }
@@ -161,6 +164,7 @@ enum JsonEntries<'a> {
     Files(&'a [pb::RegFile]),
     Fdinfo(&'a [pb::FdEntry]),
     Fs(&'a [pb::Fs]),
+    Pipes(&'a [pb::PipeEntry]),
     None([u8; 0]),
 }
 
@@ -184,6 +188,7 @@ fn json_file<'a>(file: &'a str, kind: Kind, body: &'a Body) -> JsonFile<'a> {
         Body::Files(v) => (JsonEntries::Files(v), None),
         Body::Fdinfo(v) => (JsonEntries::Fdinfo(v), None),
         Body::Fs(v) => (JsonEntries::Fs(v), None),
+        Body::Pipes(v) => (JsonEntries::Pipes(v), None),
         Body::Pages(s) => (JsonEntries::None([]), Some(s)),
     };
     JsonFile { file, kind: format!("{kind:?}"), entries, pages }
@@ -227,6 +232,7 @@ fn fmt_file(o: &mut String, name: &str, kind: Kind, body: &Body) -> fmt::Result 
         Body::Files(v) => fmt_entries(o, name, kind, v, fmt_regfile),
         Body::Fdinfo(v) => fmt_entries(o, name, kind, v, fmt_fd),
         Body::Fs(v) => fmt_entries(o, name, kind, v, fmt_fs),
+        Body::Pipes(v) => fmt_entries(o, name, kind, v, fmt_pipe),
     }
 }
 
@@ -265,11 +271,25 @@ fn fmt_core(o: &mut String, e: &pb::TaskCore) -> fmt::Result {
     }
     writeln!(o, "      blocked {:#x}{}", e.blocked, sig_list(e.blocked))?;
     writeln!(o, "      ignored {:#x}{}", e.sig_ignored, sig_list(e.sig_ignored))?;
+    if e.state == pb::TaskState::Zombie as i32 {
+        return writeln!(o, "      zombie, wait status {:#x}", e.exit_status);
+    }
     match &e.regs {
         Some(r) => fmt_regs(o, r)?,
         None => writeln!(o, "      regs: missing")?,
     }
-    fmt_xsave(o, &e.xsave)
+    fmt_xsave(o, &e.xsave)?;
+    for t in &e.threads {
+        writeln!(o, "      thread {} comm {:?}  blocked {:#x}{}", t.tid, t.comm, t.blocked, sig_list(t.blocked))?;
+        if let Some(r) = &t.regs {
+            writeln!(o, "        rip {:#x}  rsp {:#x}  fs_base {:#x}  syscall {}", r.rip, r.rsp, r.fs_base, t.interrupted_syscall)?;
+        }
+    }
+    Ok(())
+}
+
+fn fmt_pipe(o: &mut String, e: &pb::PipeEntry) -> fmt::Result {
+    writeln!(o, "id {}  pipe:[{}]  size {}  {} bytes buffered  flags r {:#o} w {:#o}", e.id, e.inode, e.size, e.data.len(), e.read_flags, e.write_flags)
 }
 
 /// Names of the results the syscall-restart rule cares about.
@@ -463,7 +483,12 @@ fn open_flags(flags: u32) -> String {
 }
 
 fn fmt_fd(o: &mut String, e: &pb::FdEntry) -> fmt::Result {
-    writeln!(o, "fd {} -> file {}{}", e.fd, e.file_id, if e.cloexec { "  cloexec" } else { "" })
+    let target = match (e.pipe_id, e.pipe_write) {
+        (0, _) => format!("file {}", e.file_id),
+        (id, true) => format!("pipe {id} (write end)"),
+        (id, false) => format!("pipe {id} (read end)"),
+    };
+    writeln!(o, "fd {} -> {target}{}", e.fd, if e.cloexec { "  cloexec" } else { "" })
 }
 
 fn fmt_fs(o: &mut String, e: &pb::Fs) -> fmt::Result {

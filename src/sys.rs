@@ -199,3 +199,97 @@ pub fn poll_readable(fds: &[RawFd]) -> std::io::Result<usize> {
         }
     }
 }
+
+/// Bytes buffered in a pipe (FIONREAD; either end).
+pub fn pipe_buffered(fd: RawFd) -> std::io::Result<usize> {
+    let mut n: libc::c_int = 0;
+    // SAFETY: FIONREAD writes one int to the pointer.
+    cvt(unsafe { libc::ioctl(fd, libc::FIONREAD, &mut n as *mut libc::c_int) } as libc::c_long)?;
+    Ok(n as usize)
+}
+
+/// F_GETPIPE_SZ.
+pub fn pipe_size(fd: RawFd) -> std::io::Result<i32> {
+    // SAFETY: fcntl with an integer command on a fd the caller owns.
+    Ok(cvt(unsafe { libc::fcntl(fd, libc::F_GETPIPE_SZ) } as libc::c_long)? as i32)
+}
+
+/// F_SETPIPE_SZ (only when `size` differs from the current size).
+pub fn set_pipe_size(fd: RawFd, size: i32) -> std::io::Result<()> {
+    if pipe_size(fd)? != size {
+        // SAFETY: fcntl with integer arguments on a fd the caller owns.
+        cvt(unsafe { libc::fcntl(fd, libc::F_SETPIPE_SZ, size) } as libc::c_long)?;
+    }
+    Ok(())
+}
+
+/// F_SETFL.
+pub fn set_status_flags(fd: RawFd, flags: i32) -> std::io::Result<()> {
+    // SAFETY: fcntl with integer arguments on a fd the caller owns.
+    cvt(unsafe { libc::fcntl(fd, libc::F_SETFL, flags) } as libc::c_long)?;
+    Ok(())
+}
+
+/// tee(2): duplicates up to `len` bytes of pipe `from` into pipe `to`
+/// without consuming them.
+pub fn tee(from: RawFd, to: RawFd, len: usize) -> std::io::Result<usize> {
+    // SAFETY: tee between two pipe fds the caller owns.
+    Ok(cvt(unsafe { libc::tee(from, to, len, libc::SPLICE_F_NONBLOCK) } as libc::c_long)? as usize)
+}
+
+/// A pipe whose ends are inherited across fork (no close-on-exec).
+pub fn pipe_inheritable() -> std::io::Result<(OwnedFd, OwnedFd)> {
+    let mut fds = [0; 2];
+    // SAFETY: pipe2 writes two new fds into `fds`.
+    cvt(unsafe { libc::pipe2(fds.as_mut_ptr(), 0) } as libc::c_long)?;
+    // SAFETY: both fds were just created and are owned by nobody else.
+    Ok(unsafe { (OwnedFd::from_raw_fd(fds[0]), OwnedFd::from_raw_fd(fds[1])) })
+}
+
+/// Moves `fd` to the lowest free number >= `min`, inheritable across fork.
+pub fn move_above(fd: OwnedFd, min: RawFd) -> std::io::Result<RawFd> {
+    use std::os::fd::AsRawFd;
+    // SAFETY: F_DUPFD creates a new fd; `fd` is closed when dropped below.
+    let n = cvt(unsafe { libc::fcntl(fd.as_raw_fd(), libc::F_DUPFD, min) } as libc::c_long)? as RawFd;
+    drop(fd);
+    Ok(n)
+}
+
+/// A new shared anonymous memory object ("/dev/zero (deleted)", as
+/// MAP_SHARED|MAP_ANONYMOUS makes) of `len` bytes, as an fd: mapped once,
+/// opened through /proc/self/map_files, unmapped.
+pub fn shmem_object(len: u64) -> Result<OwnedFd> {
+    // SAFETY: a fresh mapping at a kernel-chosen address; unmapped below.
+    let p = unsafe {
+        libc::mmap(std::ptr::null_mut(), len as usize, libc::PROT_READ | libc::PROT_WRITE, libc::MAP_SHARED | libc::MAP_ANONYMOUS, -1, 0)
+    };
+    if p == libc::MAP_FAILED {
+        return Err(std::io::Error::last_os_error()).with_context(|| format!("mapping {len} bytes of shared memory"));
+    }
+    let start = p as u64;
+    let link = format!("/proc/self/map_files/{:x}-{:x}", start, start + len);
+    let f = std::fs::OpenOptions::new().read(true).write(true).open(&link);
+    // SAFETY: unmapping the mapping made above; the open file keeps the object.
+    unsafe { libc::munmap(p, len as usize) };
+    Ok(f.with_context(|| format!("opening {link}"))?.into())
+}
+
+/// Closes a raw fd the caller owns.
+pub fn close(fd: RawFd) {
+    // SAFETY: the caller owns `fd` and does not use it afterwards.
+    unsafe { libc::close(fd) };
+}
+
+/// dup2 keeping the close-on-exec bit as asked.
+pub fn dup_to(fd: RawFd, want: RawFd, cloexec: bool) -> std::io::Result<()> {
+    let flags = if cloexec { libc::O_CLOEXEC } else { 0 };
+    // SAFETY: dup3 onto a number the caller owns.
+    cvt(unsafe { libc::dup3(fd, want, flags) } as libc::c_long)?;
+    Ok(())
+}
+
+/// dup(2) to any free number.
+pub fn dup(fd: RawFd) -> std::io::Result<RawFd> {
+    // SAFETY: dup of a fd the caller owns creates a new one.
+    Ok(cvt(unsafe { libc::dup(fd) } as libc::c_long)? as RawFd)
+}

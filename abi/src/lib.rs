@@ -45,7 +45,16 @@ pub struct VmaEntry {
     /// the blob adds MAP_FIXED_NOREPLACE.
     pub flags: u32,
     pub fd: i32,
+    /// madvise(2) advice the VMA had ([`MADV_BITS`]), applied after its
+    /// pages are in.
+    pub madvise: u32,
+    pub _pad: u32,
 }
+
+/// Bits of [`VmaEntry::madvise`], in order, and the advice each stands
+/// for: MADV_NOHUGEPAGE, MADV_HUGEPAGE, MADV_DONTDUMP, MADV_DONTFORK,
+/// MADV_WIPEONFORK (smaps VmFlags nh, hg, dd, dc, wf).
+pub const MADV_BITS: [u64; 5] = [15, 14, 16, 10, 18];
 
 /// A run of saved pages: `nr_pages` pages at `vaddr`, stored in the pages
 /// image at byte offset `file_off`.
@@ -130,7 +139,80 @@ pub struct RestoreArgs {
     pub tid_address: u64,
     /// ITIMER_REAL, ITIMER_VIRTUAL, ITIMER_PROF, armed last of all.
     pub itimers: [parasite::ITimerVal; 3],
+    /// The leader's robust futex list (set_robust_list(2)); length 0
+    /// leaves it unset.
+    pub robust_list: u64,
+    pub robust_list_len: u64,
+    /// The other threads: `nr_threads` [`ThreadArgs`], created by the blob
+    /// once memory is back.
+    pub threads: u64,
+    pub nr_threads: u64,
+    /// Signals pending for one of those threads only: `nr_pending`
+    /// [`PendingSig`], queued by the blob after creating them.
+    pub pending: u64,
+    pub nr_pending: u64,
+    /// Futex words: threads count themselves in `ready`, then wait for
+    /// `go`, which the leader sets after its report to the host.
+    pub ready: u32,
+    pub go: u32,
 }
+
+/// clone3(2)'s `struct clone_args`, up to `set_tid_size`
+/// (CLONE_ARGS_SIZE_VER1).
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default)]
+pub struct CloneArgs {
+    pub flags: u64,
+    pub pidfd: u64,
+    pub child_tid: u64,
+    pub parent_tid: u64,
+    pub exit_signal: u64,
+    pub stack: u64,
+    pub stack_size: u64,
+    pub tls: u64,
+    pub set_tid: u64,
+    pub set_tid_size: u64,
+}
+
+/// One thread the blob creates (every thread but the leader). The host
+/// fills everything; the thread writes `result`/`step` if its setup fails.
+#[repr(C)]
+#[derive(Clone, Copy, Debug)]
+pub struct ThreadArgs {
+    /// Ready for clone3: CLONE_THREAD and friends, the thread's stack in
+    /// the region, its fs base as TLS, `set_tid` pointing at `tid`.
+    pub clone: CloneArgs,
+    pub tid: i32,
+    pub _pad: u32,
+    /// The thread's rt_sigframe (address of its `pretcode` slot).
+    pub sigframe: u64,
+    pub gs_base: u64,
+    pub rseq_ptr: u64,
+    pub rseq_len: u32,
+    pub rseq_sig: u32,
+    pub tid_address: u64,
+    pub robust_list: u64,
+    pub robust_list_len: u64,
+    /// Thread name (PR_SET_NAME), NUL padded.
+    pub comm: [u8; 16],
+    pub result: i64,
+    pub step: u64,
+    /// The process's [`RestoreArgs`] (for the futex words).
+    pub restore_args: u64,
+}
+
+/// A signal to queue for one thread (rt_tgsigqueueinfo(2)).
+#[repr(C)]
+#[derive(Clone, Copy, Debug)]
+pub struct PendingSig {
+    pub tid: i32,
+    pub signo: i32,
+    pub siginfo: [u8; 128],
+}
+
+/// Set in the reported item index when a thread other than the leader
+/// failed: the low bits are then the thread's index in the ThreadArgs.
+pub const THREAD_INDEX: u64 = 1 << 32;
 
 /// Steps the blob reports on failure (in `rdi` at its final `int3`, with
 /// the negative errno in `rax` and the item index in `rsi`).
@@ -149,6 +231,11 @@ pub enum RestoreStep {
     CloseFds = 10,
     Rseq = 11,
     Itimers = 12,
+    RobustList = 13,
+    SpawnThread = 14,
+    ThreadName = 15,
+    QueueSignal = 16,
+    Madvise = 17,
 }
 
 impl RestoreStep {
@@ -166,6 +253,11 @@ impl RestoreStep {
             10 => Self::CloseFds,
             11 => Self::Rseq,
             12 => Self::Itimers,
+            13 => Self::RobustList,
+            14 => Self::SpawnThread,
+            15 => Self::ThreadName,
+            16 => Self::QueueSignal,
+            17 => Self::Madvise,
             _ => return None,
         })
     }
@@ -184,6 +276,11 @@ impl RestoreStep {
             Self::CloseFds => "closing its helper fds",
             Self::Rseq => "registering rseq",
             Self::Itimers => "arming itimer",
+            Self::RobustList => "setting the robust futex list",
+            Self::SpawnThread => "creating thread",
+            Self::ThreadName => "naming thread",
+            Self::QueueSignal => "queueing pending signal",
+            Self::Madvise => "applying the madvise flags of VMA",
         }
     }
 }
@@ -195,13 +292,13 @@ macro_rules! assert_layout {
     };
 }
 
-assert_layout!(VmaEntry, size = 40, start = 0, len = 8, pgoff = 16, map_prot = 24, final_prot = 28, flags = 32, fd = 36);
+assert_layout!(VmaEntry, size = 48, start = 0, len = 8, pgoff = 16, map_prot = 24, final_prot = 28, flags = 32, fd = 36, madvise = 40);
 assert_layout!(PageRun, size = 24, vaddr = 0, nr_pages = 8, file_off = 16);
 assert_layout!(SpecialMapping, size = 32, cur = 0, park = 8, target = 16, len = 24);
 assert_layout!(PrctlMmMap, size = 104, auxv = 88, auxv_size = 96, exe_fd = 100);
 assert_layout!(
     RestoreArgs,
-    size = 88 + 96 + 104 + 1024 + 8 + 16 + 8 + 96,
+    size = 88 + 96 + 104 + 1024 + 8 + 16 + 8 + 96 + 56,
     stack_top = 0,
     magic = 8,
     region_start = 16,
@@ -216,7 +313,15 @@ assert_layout!(
     rseq_sig = 1332,
     tid_address = 1336,
     itimers = 1344,
+    robust_list = 1440,
+    threads = 1456,
+    pending = 1472,
+    ready = 1488,
+    go = 1492,
 );
+assert_layout!(CloneArgs, size = 80, flags = 0, exit_signal = 32, stack = 40, tls = 56, set_tid = 64, set_tid_size = 72);
+assert_layout!(ThreadArgs, size = 184, clone = 0, tid = 80, sigframe = 88, gs_base = 96, rseq_ptr = 104, tid_address = 120, robust_list = 128, comm = 144, result = 160, step = 168, restore_args = 176);
+assert_layout!(PendingSig, size = 136, tid = 0, signo = 4, siginfo = 8);
 
 pub mod parasite;
 #[cfg(feature = "blob-sys")]

@@ -189,6 +189,13 @@ pub const NR_PERSONALITY: u64 = 135;
 pub const NR_GETTID: u64 = 186;
 pub const NR_SET_TID_ADDRESS: u64 = 218;
 pub const NR_VMSPLICE: u64 = 278;
+pub const NR_FUTEX: u64 = 202;
+pub const NR_MADVISE: u64 = 28;
+pub const NR_SET_ROBUST_LIST: u64 = 273;
+pub const NR_RT_TGSIGQUEUEINFO: u64 = 297;
+pub const NR_CLONE3: u64 = 435;
+pub const NR_EXIT: u64 = 60;
+pub const NR_GETPID: u64 = 39;
 
 #[inline(always)]
 pub fn syscall1(nr: u64, a1: u64) -> i64 {

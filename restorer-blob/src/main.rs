@@ -10,9 +10,13 @@
 //! 4. reads the saved pages into place and applies final protections,
 //! 5. moves the parked vDSO mappings to their saved addresses,
 //! 6. sets the mm fields (PR_SET_MM_MAP), the TLS bases, the rseq
-//!    registration, the clear_child_tid address and the itimers,
-//! 7. reports to the tracing host with `int3` (rax = 0) and calls
-//!    rt_sigreturn on the sigframe the host prepared.
+//!    registration, the clear_child_tid address and the robust list,
+//! 7. creates the other threads with their saved TIDs (clone3 `set_tid`);
+//!    each sets its own per-thread state, counts itself ready and waits,
+//! 8. queues the signals pending for single threads, arms the itimers,
+//! 9. reports to the tracing host with `int3` (rax = 0), releases the
+//!    threads and calls rt_sigreturn on the sigframe the host prepared;
+//!    every thread does the same on its own frame.
 //!
 //! On failure it stops at `int3` with rax = -errno, rdi = step, rsi = item
 //! index, and never continues: the host kills it.
@@ -23,7 +27,8 @@ rcr_abi::blob_mem_functions!();
 
 use rcr_abi::sys;
 
-use rcr_abi::{PageRun, RestoreArgs, RestoreStep, VmaEntry, NR_SPECIAL, RESTORE_ARGS_MAGIC, TASK_SIZE};
+use core::sync::atomic::{AtomicU32, Ordering};
+use rcr_abi::{PageRun, PendingSig, RestoreArgs, RestoreStep, ThreadArgs, VmaEntry, NR_SPECIAL, RESTORE_ARGS_MAGIC, TASK_SIZE};
 
 rcr_abi::blob_entry!(restore_main);
 
@@ -35,6 +40,9 @@ const PR_SET_MM_MAP: u64 = 14;
 const ARCH_SET_GS: u64 = 0x1001;
 const ARCH_SET_FS: u64 = 0x1002;
 const PAGE_SIZE: u64 = 4096;
+const PR_SET_NAME: u64 = 15;
+const FUTEX_WAIT_PRIVATE: u64 = 128;
+const FUTEX_WAKE_PRIVATE: u64 = 129;
 
 /// Stops for the host: rax = result, rdi = step, rsi = index.
 #[inline(always)]
@@ -78,6 +86,7 @@ extern "C" fn restore_main(args: *const RestoreArgs) -> ! {
     map_vmas(vmas);
     read_pages(a.pages_fd, runs);
     protect_vmas(vmas);
+    advise_vmas(vmas);
     close_helper_fds(a, vmas);
     place_special(a);
     let mm_map = a.mm_map;
@@ -105,6 +114,12 @@ extern "C" fn restore_main(args: *const RestoreArgs) -> ! {
     if a.tid_address != 0 {
         sys::syscall1(sys::NR_SET_TID_ADDRESS, a.tid_address);
     }
+    if a.robust_list_len != 0 {
+        let r = sys::syscall2(sys::NR_SET_ROBUST_LIST, a.robust_list, a.robust_list_len);
+        check(RestoreStep::RobustList, 0, r);
+    }
+    spawn_threads(a);
+    queue_pending(a);
     // Timers last: they start counting as the process is about to run.
     for (which, t) in a.itimers.iter().enumerate() {
         if t.value_sec != 0 || t.value_usec != 0 {
@@ -113,11 +128,148 @@ extern "C" fn restore_main(args: *const RestoreArgs) -> ! {
         }
     }
     report(0, 0, 0);
-    // SAFETY: the host built a complete rt_sigframe at `sigframe`; rt_sigreturn
+    if a.nr_threads != 0 {
+        let go = futex_word(&a.go);
+        go.store(1, Ordering::Release);
+        sys::syscall3(sys::NR_FUTEX, go.as_ptr() as u64, FUTEX_WAKE_PRIVATE, i32::MAX as u64);
+    }
+    sigreturn(a.sigframe)
+}
+
+/// rt_sigreturn on the frame whose `pretcode` slot is at `frame`.
+fn sigreturn(frame: u64) -> ! {
+    // SAFETY: the host built a complete rt_sigframe at `frame`; rt_sigreturn
     // replaces every register, so nothing of this stack frame is used after.
     // A direct jump to a hidden label stays PC-relative (no GOT entry).
     unsafe {
-        core::arch::asm!("jmp __rcr_sigreturn", in("rdi") a.sigframe + 8, options(noreturn));
+        core::arch::asm!("jmp __rcr_sigreturn", in("rdi") frame + 8, options(noreturn));
+    }
+}
+
+/// A futex word of the arguments, shared by every thread of the blob.
+fn futex_word(w: &u32) -> &AtomicU32 {
+    // SAFETY: the word is 4-byte aligned (asserted layout), lives in the
+    // region for the blob's lifetime, and is only accessed atomically once
+    // threads exist.
+    unsafe { AtomicU32::from_ptr(w as *const u32 as *mut u32) }
+}
+
+/// Creates every saved thread and waits until each has set itself up;
+/// fails with the first thread's error.
+fn spawn_threads(a: &RestoreArgs) {
+    if a.nr_threads == 0 {
+        return;
+    }
+    // SAFETY: the host wrote `nr_threads` ThreadArgs at `threads`, aligned.
+    let threads = unsafe { core::slice::from_raw_parts(a.threads as *const ThreadArgs, a.nr_threads as usize) };
+    let ready = futex_word(&a.ready);
+    for (i, t) in threads.iter().enumerate() {
+        let r = clone_thread(t);
+        if r < 0 {
+            fail(RestoreStep::SpawnThread, i as u64, r);
+        }
+    }
+    loop {
+        let n = ready.load(Ordering::Acquire);
+        if n as u64 >= a.nr_threads {
+            break;
+        }
+        sys::syscall4(sys::NR_FUTEX, ready.as_ptr() as u64, FUTEX_WAIT_PRIVATE, n as u64, 0);
+    }
+    for (i, t) in threads.iter().enumerate() {
+        // SAFETY: the thread wrote its result before counting itself ready
+        // (release/acquire through `ready`).
+        let result = unsafe { core::ptr::read_volatile(&t.result) };
+        if result < 0 {
+            let step = RestoreStep::from_u64(t.step).unwrap_or(RestoreStep::SpawnThread);
+            fail(step, rcr_abi::THREAD_INDEX | i as u64, result);
+        }
+    }
+}
+
+/// clone3 into [`thread_main`] on the thread's own stack. Returns the new
+/// TID (or -errno) in the calling thread; the new thread never returns.
+fn clone_thread(t: &ThreadArgs) -> i64 {
+    let ret: i64;
+    // SAFETY: clone3 with CLONE_VM|CLONE_THREAD... on a stack of the region
+    // reserved for this thread. The child starts on that stack with every
+    // register but rax/rcx/r11 as here, so r12 still holds `t`; it calls
+    // thread_main, which never returns. The parent just gets the TID.
+    unsafe {
+        core::arch::asm!(
+            "syscall",
+            "test rax, rax",
+            "jnz 2f",
+            "mov rdi, r12",
+            "and rsp, -16",
+            "call {main}",
+            "ud2",
+            "2:",
+            main = sym thread_main,
+            inlateout("rax") sys::NR_CLONE3 as i64 => ret,
+            in("rdi") &t.clone as *const _ as u64,
+            in("rsi") core::mem::size_of_val(&t.clone) as u64,
+            in("r12") t as *const ThreadArgs as u64,
+            lateout("rcx") _,
+            lateout("r11") _,
+        );
+    }
+    ret
+}
+
+/// A new thread: per-thread state, then wait for the leader's go and
+/// rt_sigreturn into the saved registers.
+extern "C" fn thread_main(t: *mut ThreadArgs) -> ! {
+    // SAFETY: `t` is this thread's ThreadArgs in the region; only this
+    // thread writes it (result/step) until it counts itself ready.
+    let t = unsafe { &mut *t };
+    let result = thread_setup(t);
+    if let Err((step, err)) = result {
+        t.step = step as u64;
+        t.result = err;
+    }
+    // SAFETY: the host pointed `restore_args` at the process's RestoreArgs,
+    // in the same region; threads only touch its futex words, atomically.
+    let a = unsafe { &*(t.restore_args as *const RestoreArgs) };
+    let ready = futex_word(&a.ready);
+    ready.fetch_add(1, Ordering::AcqRel);
+    sys::syscall3(sys::NR_FUTEX, ready.as_ptr() as u64, FUTEX_WAKE_PRIVATE, 1);
+    if result.is_err() {
+        loop {
+            sys::syscall1(sys::NR_EXIT, 1);
+        }
+    }
+    let go = futex_word(&a.go);
+    while go.load(Ordering::Acquire) == 0 {
+        sys::syscall4(sys::NR_FUTEX, go.as_ptr() as u64, FUTEX_WAIT_PRIVATE, 0, 0);
+    }
+    sigreturn(t.sigframe)
+}
+
+fn thread_setup(t: &ThreadArgs) -> Result<(), (RestoreStep, i64)> {
+    let ok = |step, r: i64| if r < 0 { Err((step, r)) } else { Ok(()) };
+    ok(RestoreStep::SetTls, sys::syscall2(sys::NR_ARCH_PRCTL, ARCH_SET_GS, t.gs_base))?;
+    if t.rseq_len != 0 {
+        ok(RestoreStep::Rseq, sys::syscall4(sys::NR_RSEQ, t.rseq_ptr, t.rseq_len as u64, 0, t.rseq_sig as u64))?;
+    }
+    if t.tid_address != 0 {
+        sys::syscall1(sys::NR_SET_TID_ADDRESS, t.tid_address);
+    }
+    if t.robust_list_len != 0 {
+        ok(RestoreStep::RobustList, sys::syscall2(sys::NR_SET_ROBUST_LIST, t.robust_list, t.robust_list_len))?;
+    }
+    ok(RestoreStep::ThreadName, sys::syscall2(sys::NR_PRCTL, PR_SET_NAME, t.comm.as_ptr() as u64))
+}
+
+/// Queues the signals saved as pending for one thread only. The leader may
+/// send any si_code to a thread of its own process.
+fn queue_pending(a: &RestoreArgs) {
+    // SAFETY: the host wrote `nr_pending` PendingSig at `pending`, aligned.
+    let sigs = unsafe { core::slice::from_raw_parts(a.pending as *const PendingSig, a.nr_pending as usize) };
+    let tgid = sys::syscall0(sys::NR_GETPID);
+    for (i, p) in sigs.iter().enumerate() {
+        let r = sys::syscall4(sys::NR_RT_TGSIGQUEUEINFO, tgid as u64, p.tid as u64, p.signo as u64, p.siginfo.as_ptr() as u64);
+        check(RestoreStep::QueueSignal, i as u64, r);
     }
 }
 
@@ -186,6 +338,16 @@ fn protect_vmas(vmas: &[VmaEntry]) {
         if v.map_prot != v.final_prot {
             let r = sys::syscall3(sys::NR_MPROTECT, v.start, v.len, v.final_prot as u64);
             check(RestoreStep::Protect, i as u64, r);
+        }
+    }
+}
+
+fn advise_vmas(vmas: &[VmaEntry]) {
+    for (i, v) in vmas.iter().enumerate() {
+        for (bit, advice) in rcr_abi::MADV_BITS.iter().enumerate() {
+            if v.madvise & (1 << bit) != 0 {
+                check(RestoreStep::Madvise, i as u64, sys::syscall3(sys::NR_MADVISE, v.start, v.len, *advice));
+            }
         }
     }
 }

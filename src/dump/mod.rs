@@ -1,30 +1,34 @@
 //! The dump pipeline: `rcr dump -t PID -D DIR`.
 //!
 //! Steps, each a function below:
-//! 1. [`preflight`]: the target exists and is something rcr can carry
-//!    (checked again once frozen),
-//! 2. [`freeze`]: seize and interrupt it (PTRACE_SEIZE + PTRACE_INTERRUPT),
-//! 3. infect: inject the parasite ([`Parasite::infect`]),
-//! 4. [`collect`]: registers, signals, memory layout, files, and what the
-//!    parasite reads from inside — every refusal happens here, before
-//!    anything is written,
-//! 5. [`write_pages`]: the parasite drains the pages into the image,
-//! 6. cure ([`Parasite::cure`]), then read the signals pending now, those
-//!    that arrived during the dump included ([`pending_signals`]), and
-//!    [`write_images`], the inventory last (a directory without an
-//!    inventory is not an image set),
-//! 7. [`finish`]: kill the target (default) or let it run (`-R`).
+//! 1. [`preflight`]: the root exists and is something rcr can carry,
+//! 2. freeze ([`tree::dump::freeze`]): seize and interrupt every thread of
+//!    the root and (by default) of all its descendants, top down; check
+//!    that sessions and groups can be rebuilt ([`tree::plan`]),
+//! 3. for each process in turn ([`dump_process`]): infect it with the
+//!    parasite ([`Parasite::infect`]), [`collect`] its state (registers of
+//!    every thread, signals, memory layout, files...), [`write_pages`]
+//!    (the parasite drains them), cure ([`Parasite::cure`]), read the
+//!    signals pending now ([`pending_signals`]) and write its images;
+//!    a zombie only gets its exit status written,
+//! 4. [`write_tree_images`]: pstree, files, pipes, and the inventory last
+//!    (a directory without an inventory is not an image set),
+//! 5. finish: kill the whole tree (default) or let it all run on (`-R`).
 //!
-//! Any error before step 7 drops the [`Parasite`] (which cures the task)
-//! and the [`Tracee`] (which detaches): the target carries on as if
-//! nothing happened. [`fault::point`]s mark where the tests kill rcr.
+//! Any error before step 5 removes what was written, and drops the frozen
+//! tree (each [`Parasite`] cures its task on drop, each [`Tracee`]
+//! detaches): the tree carries on as if nothing happened.
+//! [`fault::point`]s mark where the tests kill rcr.
 use crate::arch::cur as arch;
+use crate::files::pipe::PipeTable;
 use crate::files::{self, FileTable};
 use crate::images::pages::{PageFile, PageSink};
 use crate::images::{pb, ImageDir, Kind, FORMAT_VERSION, PAGE_SIZE};
 use crate::infect::parasite::{self, Parasite};
 use crate::infect::Tracee;
 use crate::mm::dump::{PageSource, ParasiteSource, ParasiteVia, ReadvSource};
+use crate::tree::dump::{Frozen, Process, State};
+use crate::tree::{self, Scope};
 use crate::{fault, log, mm, proc};
 use anyhow::{bail, Context, Result};
 use rcr_abi::parasite::{ITimerVal, TaskMisc};
@@ -37,6 +41,7 @@ pub struct Options {
     pub dir: PathBuf,
     pub leave_running: bool,
     pub pages_via: PagesVia,
+    pub scope: Scope,
 }
 
 /// How pages leave the target (`--pages-via`).
@@ -51,37 +56,65 @@ pub enum PagesVia {
     Readv,
 }
 
-/// Everything read from the frozen task, ready to be written.
+/// Everything read from one frozen process, ready to be written.
 #[derive(Debug)]
 struct Collected {
-    pstree: pb::PstreeEntry,
     core: pb::TaskCore,
     mm: pb::Mm,
-    files: FileTable,
     fds: Vec<pb::FdEntry>,
     fs: pb::Fs,
 }
 
+/// What the processes of a tree share: files and pipes, by id.
+#[derive(Debug, Default)]
+struct Shared {
+    files: FileTable,
+    pipes: PipeTable,
+}
+
 pub fn run(o: &Options) -> Result<()> {
     preflight(o.pid)?;
-    let tracee = freeze(o.pid)?;
+    let frozen = tree::dump::freeze(o.pid, o.scope)?;
     fault::point("target seized");
-    parasite::remove_leftovers(&tracee)?;
-    let mut parasite = Parasite::infect(&tracee)?;
-    let mut collected = collect(&tracee, &mut parasite)?;
     let dir = ImageDir::create(&o.dir)?;
-    let written = write_pages(&tracee, &mut parasite, &dir, &collected, o.pages_via)
-        .and_then(|pagemap| {
-            parasite.cure()?;
-            collected.core.pending = pending_signals(&tracee)?;
-            write_images(&tracee, &dir, &collected, &pagemap)
-        });
-    if let Err(e) = written {
-        remove_images(&dir, o.pid as u32);
+    if let Err(e) = dump_tree(&frozen, &dir, o) {
+        for p in &frozen.procs {
+            remove_images(&dir, p.pid as u32);
+        }
         return Err(e);
     }
     fault::point("images written");
-    finish(tracee, o.leave_running)
+    let n = frozen.procs.len();
+    if o.leave_running {
+        frozen.resume()?;
+        log::info(&format!("pid {}: {n} processes dumped and left running", o.pid));
+    } else {
+        frozen.kill()?;
+        log::info(&format!("pid {}: {n} processes dumped and killed", o.pid));
+    }
+    Ok(())
+}
+
+fn dump_tree(frozen: &Frozen, dir: &ImageDir, o: &Options) -> Result<()> {
+    let pstree: Vec<pb::PstreeEntry> = frozen.procs.iter().map(Process::pstree).collect();
+    tree::plan(&pstree)?;
+    let mut shared = Shared::default();
+    let mut xsave_size = 0;
+    for p in &frozen.procs {
+        match p.state {
+            State::Zombie(status) => {
+                let comm = proc::stat(p.pid).map(|st| st.comm).unwrap_or_default();
+                let core = pb::TaskCore { pid: p.pid as u32, state: pb::TaskState::Zombie as i32, exit_status: status, comm, ..Default::default() };
+                dir.write_one(Kind::Core, Some(p.pid as u32), &core)?;
+            }
+            State::Alive | State::Stopped => {
+                xsave_size = dump_process(p, p.pid == o.pid, dir, &mut shared, o.pages_via)?;
+            }
+        }
+    }
+    let pids: Vec<i32> = frozen.procs.iter().map(|p| p.pid).collect();
+    shared.pipes.check_complete(&pids)?;
+    write_tree_images(dir, o.pid, &pstree, &shared, xsave_size)
 }
 
 /// Removes what a failed dump wrote, so no partial image set is left.
@@ -102,24 +135,31 @@ fn preflight(pid: i32) -> Result<()> {
     let st = proc::stat(pid).with_context(|| format!("pid {pid} does not exist"))?;
     match st.state {
         'Z' => bail!("pid {pid} is a zombie"),
-        'T' | 't' => bail!("pid {pid} is stopped or traced; rcr cannot dump stopped processes yet"),
+        't' => bail!("pid {pid} is being traced by another process"),
         _ => {}
     }
     Ok(())
 }
 
-fn freeze(pid: i32) -> Result<Tracee> {
-    let t = Tracee::seize(pid)?;
-    log::info(&format!("pid {pid} seized and interrupted"));
-    let threads = proc::threads(pid)?;
-    if threads.len() != 1 {
-        bail!("pid {pid} has {} threads ({:?}); rcr dumps single-threaded processes only for now", threads.len(), threads);
+/// Dumps one live process of the frozen tree; returns its XSAVE size.
+fn dump_process(p: &Process, is_root: bool, dir: &ImageDir, shared: &mut Shared, via: PagesVia) -> Result<usize> {
+    let leader = p.leader().context("a live process without threads")?;
+    let pid = p.pid;
+    parasite::remove_leftovers(leader)?;
+    let mut parasite = Parasite::infect(leader)?;
+    let mut c = collect(leader, &mut parasite, shared, is_root)?;
+    c.core.threads = p.threads[1..].iter().map(|t| collect_thread(t, &mut parasite)).collect::<Result<_>>()?;
+    if p.state == State::Stopped {
+        c.core.state = pb::TaskState::Stopped as i32;
     }
-    let children = proc::children(pid)?;
-    if !children.is_empty() {
-        bail!("pid {pid} has children {children:?}; rcr dumps single processes only for now");
+    let pagemap = write_pages(leader, &mut parasite, dir, &c, via)?;
+    parasite.cure()?;
+    c.core.pending = pending_signals(leader, true)?;
+    for (t, tc) in p.threads[1..].iter().zip(c.core.threads.iter_mut()) {
+        tc.pending = pending_signals(t, false)?;
     }
-    Ok(t)
+    write_images(pid as u32, dir, &c, &pagemap)?;
+    Ok(c.core.xsave.len())
 }
 
 /// Credentials are not carried yet: the restored process gets rcr's. So
@@ -140,43 +180,65 @@ fn check_credentials(pid: i32, status: &HashMap<String, String>) -> Result<()> {
     Ok(())
 }
 
-fn collect(t: &Tracee, p: &mut Parasite) -> Result<Collected> {
+fn collect(t: &Tracee, p: &mut Parasite, shared: &mut Shared, is_root: bool) -> Result<Collected> {
     let pid = t.pid();
     let st = proc::stat(pid)?;
     let status = proc::status(pid)?;
     check_credentials(pid, &status)?;
     let misc = p.misc()?;
+    if is_root && misc.pdeathsig != 0 {
+        bail!("pid {pid} has a parent-death signal ({}); rcr cannot carry it for the root of the tree (its parent changes on restore)", misc.pdeathsig);
+    }
     let mut core = collect_core(t, p.saved(), &st, &misc)?;
     core.sigactions = parasite::sigactions_to_pb(&p.sigactions()?);
     core.sig_ignored = core.sigactions.iter().filter(|a| a.handler == 1).fold(0, |m, a| m | 1u64 << (a.signo - 1));
     let [real, virt, prof] = p.itimers()?.try_into().map_err(|_| anyhow::anyhow!("itimers: wrong count"))?;
     (core.itimer_real, core.itimer_virtual, core.itimer_prof) = (itimer(real), itimer(virt), itimer(prof));
-    let mut files = FileTable::default();
+    let files = &mut shared.files;
     let (region, region_len) = p.region();
     let mut maps = proc::smaps(pid)?;
     maps.retain(|m| m.end <= region || m.start >= region + region_len);
-    let vmas = mm::dump::vmas(pid, &maps, &mut files)?;
+    let vmas = mm::dump::vmas(pid, &maps, files)?;
     let exe = files::dump::describe(&proc::path(pid, "exe"), "exe link", None)?;
     let exe_id = files.add_shared(pb::RegFile { flags: libc::O_RDONLY as u32, ..exe });
     let brk = misc.brk;
     let mm = mm::dump::mm_fields(&st, brk, mm::dump::auxv(pid)?, exe_id, vmas);
-    let fds = files::dump::dump_fds(pid, task_fds(p, pid)?, &mut files)?;
+    let fds = files::dump::dump_fds(pid, task_fds(p, pid)?, files, &mut shared.pipes)?;
     let fs = files::dump::dump_fs(pid, &status)?;
-    let pstree = pb::PstreeEntry {
-        pid: pid as u32,
-        ppid: st.ppid as u32,
-        pgid: st.pgrp as u32,
-        sid: st.session as u32,
-        threads: vec![pid as u32],
-    };
-    Ok(Collected { pstree, core, mm, files, fds, fs })
+    Ok(Collected { core, mm, fds, fs })
+}
+
+/// The state of a thread other than the leader: registers and mask from
+/// ptrace, altstack and clear_child_tid from inside (through the
+/// parasite's region), robust list with get_robust_list(2).
+fn collect_thread(t: &Tracee, p: &mut Parasite) -> Result<pb::ThreadCore> {
+    let tid = t.pid();
+    let saved = parasite::Saved::read(t)?;
+    let misc = p.thread_misc(t).with_context(|| format!("reading thread {tid}"))?;
+    let mut regs = arch::regs_to_pb(&saved.regs);
+    let (sc, res) = arch::prepare_restart(&mut regs, arch::Resume::NewTask);
+    let (pointer, size, signature) = saved.rseq;
+    let (robust_list, robust_list_len) = t.robust_list()?;
+    let comm = std::fs::read_to_string(proc::path(p.pid(), &format!("task/{tid}/comm"))).unwrap_or_default();
+    Ok(pb::ThreadCore {
+        tid: tid as u32,
+        comm: comm.trim_end_matches('\n').to_string(),
+        regs: Some(regs),
+        xsave: saved.xsave,
+        blocked: saved.sigmask,
+        interrupted_syscall: sc,
+        interrupted_result: res,
+        rseq: (size != 0).then_some(pb::Rseq { pointer, size, signature }),
+        altstack: Some(pb::AltStack { sp: misc.altstack_sp, flags: misc.altstack_flags, size: misc.altstack_size }),
+        tid_address: misc.tid_address,
+        robust_list,
+        robust_list_len,
+        pending: Vec::new(),
+    })
 }
 
 fn collect_core(t: &Tracee, saved: &parasite::Saved, st: &proc::Stat, misc: &TaskMisc) -> Result<pb::TaskCore> {
     let pid = t.pid();
-    if misc.pdeathsig != 0 {
-        bail!("pid {pid} has a parent-death signal ({}); rcr cannot carry it (its parent changes on restore)", misc.pdeathsig);
-    }
     let mut regs = arch::regs_to_pb(&saved.regs);
     let (sc, res) = arch::prepare_restart(&mut regs, arch::Resume::NewTask);
     if sc >= 0 {
@@ -184,7 +246,10 @@ fn collect_core(t: &Tracee, saved: &parasite::Saved, st: &proc::Stat, misc: &Tas
     }
     let (pointer, size, signature) = saved.rseq;
     let rseq = (size != 0).then_some(pb::Rseq { pointer, size, signature });
+    let (robust_list, robust_list_len) = t.robust_list()?;
     Ok(pb::TaskCore {
+        robust_list,
+        robust_list_len,
         pid: pid as u32,
         state: pb::TaskState::Alive as i32,
         comm: st.comm.clone(),
@@ -223,11 +288,15 @@ fn itimer(v: ITimerVal) -> Option<pb::ITimer> {
 }
 
 /// Signals pending for the task once the parasite is gone (those that
-/// arrived during the dump included), private then shared, as raw
-/// siginfo. They are queued again in the restored process.
-fn pending_signals(t: &Tracee) -> Result<Vec<pb::PendingSignal>> {
+/// arrived during the dump included), private then (for the leader,
+/// `with_shared`) process-wide, as raw siginfo. They are queued again in
+/// the restored process.
+fn pending_signals(t: &Tracee, with_shared: bool) -> Result<Vec<pb::PendingSignal>> {
     let mut out = Vec::new();
     for shared in [false, true] {
+        if shared && !with_shared {
+            continue;
+        }
         for info in t.peek_siginfo(shared)? {
             let signo = i32::from_le_bytes(info[..4].try_into().unwrap_or_default());
             out.push(pb::PendingSignal { signo: signo as u32, shared, siginfo: info });
@@ -262,37 +331,30 @@ fn write_pages(t: &Tracee, p: &mut Parasite, dir: &ImageDir, c: &Collected, via:
     Ok(pagemap)
 }
 
-fn write_images(t: &Tracee, dir: &ImageDir, c: &Collected, pagemap: &[pb::PagemapEntry]) -> Result<()> {
-    let pid = Some(t.pid() as u32);
+fn write_images(pid: u32, dir: &ImageDir, c: &Collected, pagemap: &[pb::PagemapEntry]) -> Result<()> {
+    let pid = Some(pid);
     dir.write_all(Kind::Pagemap, pid, pagemap)?;
     dir.write_one(Kind::Core, pid, &c.core)?;
     dir.write_one(Kind::Mm, pid, &c.mm)?;
     dir.write_all(Kind::Fdinfo, pid, &c.fds)?;
-    dir.write_one(Kind::Fs, pid, &c.fs)?;
-    dir.write_all(Kind::Files, None, &c.files.files)?;
-    dir.write_one(Kind::Pstree, None, &c.pstree)?;
+    dir.write_one(Kind::Fs, pid, &c.fs)
+}
+
+/// The images of the tree as a whole; the inventory last.
+fn write_tree_images(dir: &ImageDir, root: i32, pstree: &[pb::PstreeEntry], shared: &Shared, xsave_size: usize) -> Result<()> {
+    dir.write_all(Kind::Files, None, &shared.files.files)?;
+    dir.write_all(Kind::Pipes, None, &shared.pipes.pipes)?;
+    dir.write_all(Kind::Pstree, None, pstree)?;
     let inv = pb::Inventory {
         format_version: FORMAT_VERSION,
-        root_pid: t.pid() as u32,
+        root_pid: root as u32,
         parent: String::new(),
         kernel_release: nix::sys::utsname::uname().map(|u| u.release().to_string_lossy().into_owned()).unwrap_or_default(),
         dump_time_ms: std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_millis() as u64).unwrap_or(0),
         rcr_version: env!("CARGO_PKG_VERSION").to_string(),
         page_size: PAGE_SIZE as u32,
-        xsave_size: c.core.xsave.len() as u32,
+        xsave_size: xsave_size as u32,
         xcr0: arch::xcr0(),
     };
     dir.write_one(Kind::Inventory, None, &inv)
-}
-
-fn finish(t: Tracee, leave_running: bool) -> Result<()> {
-    let pid = t.pid();
-    if leave_running {
-        t.detach()?;
-        log::info(&format!("pid {pid} dumped and left running"));
-    } else {
-        t.kill()?;
-        log::info(&format!("pid {pid} dumped and killed"));
-    }
-    Ok(())
 }

@@ -1,5 +1,6 @@
 //! Dump side of files: classifies every fd, refuses what rcr cannot carry
 //! yet (naming the fd), and records the rest.
+use super::pipe::{pipe_inode, PipeTable};
 use super::{FileTable, MEM_MAJOR};
 use crate::images::pb::{FdEntry, Fs, RegFile};
 use crate::proc;
@@ -66,17 +67,25 @@ fn describe_kind(md: &std::fs::Metadata, target: &str) -> String {
 /// Dumps every fd of `pid`; fails on the first fd rcr cannot carry.
 /// Describes the fds `fds` of `pid`, each with its open file as the task
 /// holds it (passed by the parasite over SCM_RIGHTS).
-pub fn dump_fds(pid: i32, fds: Vec<(i32, File)>, table: &mut FileTable) -> Result<Vec<FdEntry>> {
+/// Pipe ends go to `pipes`, everything else to `table`.
+pub fn dump_fds(pid: i32, fds: Vec<(i32, File)>, table: &mut FileTable, pipes: &mut PipeTable) -> Result<Vec<FdEntry>> {
     let mut out = Vec::new();
     for (fd, file) in fds {
         let what = format!("fd {fd}");
-        let mut f = describe(&proc::path(pid, &format!("fd/{fd}")), &what, Some(&file))?;
+        let link = proc::path(pid, &format!("fd/{fd}"));
         let info = proc::fdinfo(pid, fd)?;
+        let cloexec = info.flags & libc::O_CLOEXEC as u32 != 0;
+        let target = std::fs::read_link(&link).map(|t| t.to_string_lossy().into_owned()).unwrap_or_default();
+        if let Some(inode) = pipe_inode(&target) {
+            let (pipe_id, pipe_write) = pipes.add(pid, fd, &file, inode, info.flags)?;
+            out.push(FdEntry { fd: fd as u32, file_id: 0, cloexec, pipe_id, pipe_write });
+            continue;
+        }
+        let mut f = describe(&link, &what, Some(&file))?;
         f.flags = info.flags & !(libc::O_CLOEXEC as u32);
         f.pos = info.pos;
-        let cloexec = info.flags & libc::O_CLOEXEC as u32 != 0;
         let file_id = table.add(f);
-        out.push(FdEntry { fd: fd as u32, file_id, cloexec });
+        out.push(FdEntry { fd: fd as u32, file_id, cloexec, pipe_id: 0, pipe_write: false });
     }
     Ok(out)
 }

@@ -1,6 +1,7 @@
 //! Files: fds, their open files, cwd and root; also the files that VMAs
 //! and the exe link refer to (all in files.img, by id).
 pub mod dump;
+pub mod pipe;
 pub mod restore;
 
 use crate::images::pb::RegFile;

@@ -3,6 +3,7 @@
 use super::FileTable;
 use crate::images::pb::{FdEntry, Fs, RegFile};
 use anyhow::{bail, Context, Result};
+use std::collections::HashMap;
 use std::os::fd::{IntoRawFd, RawFd};
 use std::os::unix::fs::MetadataExt;
 
@@ -76,13 +77,20 @@ pub fn open(f: &RegFile, flags: u32) -> Result<RawFd> {
 }
 
 /// Closes every fd except `keep`, then reopens the saved fds at their
-/// numbers with their flags, offsets and close-on-exec bits.
-pub fn restore_fds(fds: &[FdEntry], table: &FileTable, keep: &[RawFd]) -> Result<()> {
+/// numbers with their flags, offsets and close-on-exec bits. Pipe ends are
+/// duplicated from `pipes` (read, write by pipe id), which rcr created.
+pub fn restore_fds(fds: &[FdEntry], table: &FileTable, keep: &[RawFd], pipes: &HashMap<u32, (RawFd, RawFd)>) -> Result<()> {
     crate::sys::close_all_except(keep)?;
     let mut sorted: Vec<&FdEntry> = fds.iter().collect();
     sorted.sort_by_key(|e| e.fd);
     for e in sorted {
         let what = format!("fd {}", e.fd);
+        if e.pipe_id != 0 {
+            let &(r, w) = pipes.get(&e.pipe_id).with_context(|| format!("{what}: unknown pipe id {}", e.pipe_id))?;
+            let end = if e.pipe_write { w } else { r };
+            crate::sys::dup_to(end, e.fd as RawFd, e.cloexec).with_context(|| format!("{what}: placing pipe {}", e.pipe_id))?;
+            continue;
+        }
         let f = table.get(e.file_id).with_context(|| format!("{what}: unknown file id {}", e.file_id))?;
         let fd = open(f, f.flags).with_context(|| what.clone())?;
         let fd = crate::sys::move_fd(fd, e.fd as RawFd, e.cloexec).with_context(|| what.clone())?;

@@ -45,11 +45,12 @@ pub enum Kind {
     Files,
     Fdinfo,
     Fs,
+    Pipes,
 }
 
 impl Kind {
-    pub const ALL: [Kind; 9] =
-        [Kind::Inventory, Kind::Pstree, Kind::Core, Kind::Mm, Kind::Pagemap, Kind::Pages, Kind::Files, Kind::Fdinfo, Kind::Fs];
+    pub const ALL: [Kind; 10] =
+        [Kind::Inventory, Kind::Pstree, Kind::Core, Kind::Mm, Kind::Pagemap, Kind::Pages, Kind::Files, Kind::Fdinfo, Kind::Fs, Kind::Pipes];
 
     /// The magic: four ASCII bytes, stored as they read.
     pub fn magic(self) -> [u8; 4] {
@@ -63,6 +64,7 @@ impl Kind {
             Kind::Files => b"RFIL",
             Kind::Fdinfo => b"RFDS",
             Kind::Fs => b"RFS_",
+            Kind::Pipes => b"RPIP",
         }
     }
 
@@ -78,11 +80,12 @@ impl Kind {
             Kind::Files => "files",
             Kind::Fdinfo => "fdinfo",
             Kind::Fs => "fs",
+            Kind::Pipes => "pipes",
         }
     }
 
     pub fn per_process(self) -> bool {
-        !matches!(self, Kind::Inventory | Kind::Pstree | Kind::Files)
+        !matches!(self, Kind::Inventory | Kind::Pstree | Kind::Files | Kind::Pipes)
     }
 
     pub fn from_magic(m: [u8; 4]) -> Option<Kind> {

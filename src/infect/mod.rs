@@ -53,6 +53,9 @@ pub enum Stop {
     Syscall,
     /// About to receive this signal.
     Signal(i32),
+    /// A ptrace event other than PTRACE_EVENT_STOP (PTRACE_EVENT_FORK,
+    /// _CLONE...): the task created a traced child or thread.
+    Event(i32),
     Exited(i32),
     Killed(i32),
 }
@@ -87,6 +90,23 @@ pub fn wait_stop(pid: i32) -> Result<Stop> {
     Ok(decode_status(status))
 }
 
+/// Waits for the next state change of any traced task (or child):
+/// (its tid, how it stopped).
+pub fn wait_any() -> Result<(i32, Stop)> {
+    let mut status = 0;
+    loop {
+        // SAFETY: status is a valid out-pointer.
+        let r = unsafe { libc::waitpid(-1, &mut status, libc::__WALL) };
+        if r > 0 {
+            return Ok((r, decode_status(status)));
+        }
+        let e = std::io::Error::last_os_error();
+        if e.kind() != std::io::ErrorKind::Interrupted {
+            return Err(e).context("waitpid(-1)");
+        }
+    }
+}
+
 fn decode_status(status: i32) -> Stop {
     if libc::WIFEXITED(status) {
         return Stop::Exited(libc::WEXITSTATUS(status));
@@ -97,6 +117,8 @@ fn decode_status(status: i32) -> Stop {
     let sig = libc::WSTOPSIG(status);
     if status >> 16 == PTRACE_EVENT_STOP {
         Stop::Interrupt
+    } else if status >> 16 != 0 {
+        Stop::Event(status >> 16)
     } else if sig == SYSCALL_STOP {
         Stop::Syscall
     } else {
@@ -118,15 +140,40 @@ impl Tracee {
     }
 
     /// Attaches to a child that is already ours (restore side), without
-    /// stopping it. The task dies if rcr dies before detaching.
+    /// stopping it; the processes and threads it creates are attached too,
+    /// with the same options. They all die if rcr dies before detaching.
     pub fn seize_child(pid: i32) -> Result<Self> {
-        let opts = (libc::PTRACE_O_TRACESYSGOOD | libc::PTRACE_O_EXITKILL) as usize;
+        let opts = (libc::PTRACE_O_TRACESYSGOOD | libc::PTRACE_O_EXITKILL | libc::PTRACE_O_TRACEFORK | libc::PTRACE_O_TRACECLONE) as usize;
         ptrace(libc::PTRACE_SEIZE, pid, 0, opts).with_context(|| format!("PTRACE_SEIZE pid {pid}"))?;
         Ok(Tracee { pid, attached: true, gadgets: Default::default(), _not_send: std::marker::PhantomData })
     }
 
+    /// Takes charge of a task rcr already traces (auto-attached through
+    /// PTRACE_O_TRACEFORK/TRACECLONE on restore).
+    pub fn adopt(pid: i32) -> Self {
+        Tracee { pid, attached: true, gadgets: Default::default(), _not_send: std::marker::PhantomData }
+    }
+
     pub fn pid(&self) -> i32 {
         self.pid
+    }
+
+    /// At a syscall stop: Some(number) at a syscall's entry, None at its
+    /// exit (PTRACE_GET_SYSCALL_INFO).
+    pub fn syscall_entry(&self) -> Result<Option<u64>> {
+        const PTRACE_GET_SYSCALL_INFO: libc::c_uint = 0x420e;
+        const OP_ENTRY: u8 = 1;
+        let mut info = [0u64; 11];
+        ptrace(PTRACE_GET_SYSCALL_INFO, self.pid, std::mem::size_of_val(&info), info.as_mut_ptr() as usize)
+            .with_context(|| format!("PTRACE_GET_SYSCALL_INFO pid {}", self.pid))?;
+        // struct ptrace_syscall_info: op (u8) at 0; entry.nr at 24.
+        Ok(((info[0] & 0xff) as u8 == OP_ENTRY).then_some(info[3]))
+    }
+
+    /// Resumes until the next syscall entry or exit, without waiting.
+    pub fn cont_syscall(&self, sig: i32) -> Result<()> {
+        ptrace(libc::PTRACE_SYSCALL, self.pid, 0, sig as usize).with_context(|| format!("PTRACE_SYSCALL pid {}", self.pid))?;
+        Ok(())
     }
 
     fn wait_for_interrupt(&self) -> Result<()> {
@@ -139,7 +186,7 @@ impl Tracee {
                     ptrace(libc::PTRACE_CONT, self.pid, 0, sig as usize)
                         .with_context(|| format!("PTRACE_CONT pid {} with signal {sig}", self.pid))?;
                 }
-                Stop::Syscall => {
+                Stop::Syscall | Stop::Event(_) => {
                     ptrace(libc::PTRACE_CONT, self.pid, 0, 0).with_context(|| format!("PTRACE_CONT pid {}", self.pid))?;
                 }
                 Stop::Exited(c) => bail!("pid {} exited with status {c} while being stopped", self.pid),
@@ -246,15 +293,22 @@ impl Tracee {
 
     /// Resumes to the next syscall entry or exit and waits for it.
     pub fn step_syscall(&self) -> Result<()> {
-        ptrace(libc::PTRACE_SYSCALL, self.pid, 0, 0).with_context(|| format!("PTRACE_SYSCALL pid {}", self.pid))?;
-        match wait_stop(self.pid)? {
-            Stop::Syscall => Ok(()),
-            other => {
-                let rip = self.get_regs().map(|r| format!("{:#x} rbx {:#x} rsp {:#x}", r.rip, r.rbx, r.rsp)).unwrap_or_default();
-                crate::log::debug(&std::fs::read_to_string(format!("/proc/{}/maps", self.pid)).unwrap_or_default());
-                bail!("pid {}: expected a syscall stop, got {other:?} at rip {rip}", self.pid)
+        // A task of a stopped process (job control) traps back into a
+        // group-stop report once; resume it again.
+        for _ in 0..4 {
+            ptrace(libc::PTRACE_SYSCALL, self.pid, 0, 0).with_context(|| format!("PTRACE_SYSCALL pid {}", self.pid))?;
+            match wait_stop(self.pid)? {
+                Stop::Syscall => return Ok(()),
+                Stop::Interrupt => crate::log::debug(&format!("pid {}: group-stop report while stepping; resuming", self.pid)),
+                other => return self.unexpected_stop(other),
             }
         }
+        bail!("pid {}: keeps reporting a group stop instead of running", self.pid)
+    }
+
+    fn unexpected_stop(&self, other: Stop) -> Result<()> {
+        let rip = self.get_regs().map(|r| format!("{:#x} rsp {:#x}", r.rip, r.rsp)).unwrap_or_default();
+        bail!("pid {}: expected a syscall stop, got {other:?} at rip {rip}", self.pid)
     }
 
     /// Continues the task, delivering `sig` (0 for none); the caller waits
@@ -386,18 +440,49 @@ impl Tracee {
     }
 
     /// Kills the task (SIGKILL) and waits until it is gone from our view.
-    pub fn kill(mut self) -> Result<()> {
-        self.attached = false;
+    pub fn kill(self) -> Result<()> {
         // SAFETY: plain kill(2) of a task we hold seized.
         if unsafe { libc::kill(self.pid, libc::SIGKILL) } != 0 {
             return Err(std::io::Error::last_os_error()).with_context(|| format!("kill pid {}", self.pid));
         }
+        self.reap_killed();
+        Ok(())
+    }
+
+    /// The task is gone (rcr reaped its exit): nothing to detach.
+    pub fn forget(&mut self) {
+        self.attached = false;
+    }
+
+    /// Once its process was sent SIGKILL: waits until this task is gone
+    /// from rcr's view (threads before their leader).
+    pub fn reap_killed(mut self) {
+        self.attached = false;
         loop {
             match wait_stop(self.pid) {
-                Ok(Stop::Exited(_) | Stop::Killed(_)) | Err(_) => return Ok(()),
+                Ok(Stop::Exited(_) | Stop::Killed(_)) | Err(_) => return,
                 Ok(_) => {}
             }
         }
+    }
+
+    /// Uses the gadgets already found in another thread of the same
+    /// process instead of searching its code again.
+    pub fn share_gadgets(&self, from: &Tracee) -> Result<()> {
+        let g = from.gadgets()?;
+        let _ = self.gadgets.set(g);
+        Ok(())
+    }
+
+    /// get_robust_list(2) of this thread: head and length.
+    pub fn robust_list(&self) -> Result<(u64, u64)> {
+        let (mut head, mut len) = (0u64, 0usize);
+        // SAFETY: both out-pointers are valid for the sizes the kernel writes.
+        let r = unsafe { libc::syscall(libc::SYS_get_robust_list, self.pid, &mut head as *mut u64, &mut len as *mut usize) };
+        if r != 0 {
+            return Err(std::io::Error::last_os_error()).with_context(|| format!("get_robust_list tid {}", self.pid));
+        }
+        Ok((head, len as u64))
     }
 }
 

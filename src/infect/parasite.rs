@@ -109,6 +109,15 @@ impl Drop for LocalMap {
     }
 }
 
+/// Per-thread values read by [`Parasite::thread_misc`].
+#[derive(Debug, Clone, Copy, Default)]
+pub struct ThreadMisc {
+    pub altstack_sp: u64,
+    pub altstack_flags: u32,
+    pub altstack_size: u64,
+    pub tid_address: u64,
+}
+
 /// A parasite running inside a seized task.
 #[derive(Debug)]
 pub struct Parasite<'t> {
@@ -174,6 +183,11 @@ impl<'t> Parasite<'t> {
         log::debug(&format!("pid {pid}: parasite at {start:#x} connected from tid {}", hello.value[0]));
         fault::point("parasite connected");
         Ok(p)
+    }
+
+    /// The infected process.
+    pub fn pid(&self) -> i32 {
+        self.t.pid()
     }
 
     /// The task's state as found, before the parasite went in.
@@ -342,6 +356,29 @@ impl<'t> Parasite<'t> {
     pub fn misc(&mut self) -> Result<TaskMisc> {
         self.call(Cmd::Misc, [0; 3])?;
         Ok(self.read_data::<TaskMisc>(1)[0])
+    }
+
+    /// What only a thread itself can read, for `t`, another (seized,
+    /// stopped) thread of the infected process: its sigaltstack and its
+    /// clear_child_tid address. Two guarded remote syscalls in `t` write
+    /// them into the data area, idle between commands.
+    pub fn thread_misc(&mut self, t: &Tracee) -> Result<ThreadMisc> {
+        const NR_SIGALTSTACK: u64 = 131;
+        const NR_PRCTL: u64 = 157;
+        const PR_GET_TID_ADDRESS: u64 = 40;
+        t.share_gadgets(self.t)?;
+        let scratch = self.start + self.layout.data;
+        let r = t.remote_syscall_guarded(NR_SIGALTSTACK, [0, scratch, 0, 0, 0, 0])?;
+        if r < 0 {
+            bail!("sigaltstack in thread {}: {}", t.pid(), errno(r));
+        }
+        let r = t.remote_syscall_guarded(NR_PRCTL, [PR_GET_TID_ADDRESS, scratch + 64, 0, 0, 0, 0])?;
+        if r < 0 {
+            bail!("PR_GET_TID_ADDRESS in thread {}: {}", t.pid(), errno(r));
+        }
+        let b = self.local.bytes(self.layout.data, 72);
+        let word = |at: usize| u64::from_le_bytes(b[at..at + 8].try_into().unwrap_or_default());
+        Ok(ThreadMisc { altstack_sp: word(0), altstack_flags: word(8) as u32, altstack_size: word(16), tid_address: word(64) })
     }
 
     /// All 64 signal actions, signal n at index n-1.

@@ -15,6 +15,9 @@ pub struct Plan {
     pub vmas: Vec<VmaEntry>,
     /// files.img id of each VMA's file (0 for none), parallel to `vmas`.
     pub vma_files: Vec<u32>,
+    /// Saved inode of each shared anonymous VMA's memory object (0 for
+    /// others), parallel to `vmas`: such VMAs map the object rcr recreates.
+    pub vma_shmem: Vec<u64>,
     pub runs: Vec<PageRun>,
     pub special: [SpecialMapping; NR_SPECIAL],
     pub mm_map: PrctlMmMap,
@@ -36,6 +39,7 @@ const SPECIAL_NAMES: [&str; NR_SPECIAL] = ["[vvar]", "[vvar_vclock]", "[vdso]"];
 pub fn plan(mm: &Mm, pagemap: &[PagemapEntry], files: &FileTable, self_maps: &[MapEntry]) -> Result<Plan> {
     let mut vmas = Vec::new();
     let mut vma_files = Vec::new();
+    let mut vma_shmem = Vec::new();
     let mut special = [SpecialMapping::default(); NR_SPECIAL];
     check_sorted(&mm.vmas)?;
     for (i, v) in mm.vmas.iter().enumerate() {
@@ -53,16 +57,20 @@ pub fn plan(mm: &Mm, pagemap: &[PagemapEntry], files: &FileTable, self_maps: &[M
         }
         let has_pages = pagemap.iter().any(|p| p.vaddr < v.end && p.vaddr + u64::from(p.nr_pages) * PAGE_SIZE > v.start);
         let map_prot = if has_pages { v.prot | PROT_WRITE | PROT_READ } else { v.prot };
+        let shmem = kind == VmaKind::VmaAnonShared;
         vmas.push(VmaEntry {
             start: v.start,
             len: v.end - v.start,
             pgoff: v.pgoff,
             map_prot,
             final_prot: v.prot,
-            flags: v.flags,
+            flags: if shmem { v.flags & !MAP_ANONYMOUS } else { v.flags },
             fd: -1,
+            madvise: madvise_bits(&v.vm_flags),
+            _pad: 0,
         });
         vma_files.push(v.file_id);
+        vma_shmem.push(if shmem { v.inode.max(1) } else { 0 });
     }
     for (s, name) in SPECIAL_NAMES.iter().enumerate() {
         let cur = self_maps.iter().find(|m| m.name == *name);
@@ -110,7 +118,13 @@ pub fn plan(mm: &Mm, pagemap: &[PagemapEntry], files: &FileTable, self_maps: &[M
     if files.get(mm.exe_file_id).is_none() {
         bail!("mm image: exe_file_id {} is not in files.img", mm.exe_file_id);
     }
-    Ok(Plan { vmas, vma_files, runs, special, mm_map, auxv, exe_file_id: mm.exe_file_id })
+    Ok(Plan { vmas, vma_files, vma_shmem, runs, special, mm_map, auxv, exe_file_id: mm.exe_file_id })
+}
+
+/// The [`rcr_abi::MADV_BITS`] of a VMA, from its smaps VmFlags.
+fn madvise_bits(vm_flags: &[String]) -> u32 {
+    const NAMES: [&str; 5] = ["nh", "hg", "dd", "dc", "wf"];
+    NAMES.iter().enumerate().filter(|(_, n)| vm_flags.iter().any(|f| f == *n)).fold(0, |m, (i, _)| m | 1 << i)
 }
 
 fn check_sorted(vmas: &[Vma]) -> Result<()> {

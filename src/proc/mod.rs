@@ -31,6 +31,7 @@ pub struct Stat {
     pub arg_end: u64,     // (49)
     pub env_start: u64,   // (50)
     pub env_end: u64,     // (51)
+    pub exit_code: i32,   // (52) wait status of a zombie
 }
 
 pub fn stat(pid: i32) -> Result<Stat> {
@@ -66,6 +67,7 @@ fn parse_stat(s: &str) -> Result<Stat> {
         arg_end: f(49)?,
         env_start: f(50)?,
         env_end: f(51)?,
+        exit_code: rest.get(52 - 3).and_then(|v| v.parse().ok()).unwrap_or(0),
     })
 }
 

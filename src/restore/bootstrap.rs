@@ -5,7 +5,8 @@
 //! fds it opened, and jumps.
 //!
 //! ```text
-//! | code | RestoreArgs, VmaEntry[], PageRun[] | sigframe | stack | vDSO park |
+//! | code | RestoreArgs, VmaEntry[], PageRun[], ThreadArgs[], PendingSig[] |
+//! | sigframe | a sigframe per other thread | stack | a stack per other thread | vDSO park |
 //! ```
 #![allow(unsafe_code)]
 
@@ -15,11 +16,20 @@ use crate::images::pb;
 use crate::mm::restore::Plan;
 use anyhow::{bail, Context, Result};
 use rcr_abi::parasite::ITimerVal;
-use rcr_abi::{PageRun, RestoreArgs, VmaEntry, NR_SPECIAL, RESTORE_ARGS_MAGIC, TASK_SIZE};
+use rcr_abi::{CloneArgs, PageRun, PendingSig, RestoreArgs, ThreadArgs, VmaEntry, NR_SPECIAL, RESTORE_ARGS_MAGIC, TASK_SIZE};
 use std::mem::{align_of, size_of};
 
 const PAGE: u64 = 4096;
 const STACK_SIZE: u64 = 64 << 10;
+/// Stack of each other thread in the blob (a few frames, no signals).
+const THREAD_STACK: u64 = 16 << 10;
+const THREAD_CLONE_FLAGS: u64 = (libc::CLONE_VM
+    | libc::CLONE_FS
+    | libc::CLONE_FILES
+    | libc::CLONE_SIGHAND
+    | libc::CLONE_THREAD
+    | libc::CLONE_SYSVSEM
+    | libc::CLONE_SETTLS) as u64;
 /// Lowest address considered for the region.
 const LOW: u64 = 1 << 32;
 
@@ -61,14 +71,18 @@ impl Region {
     /// Maps the region at a free place and fills everything but the fds.
     pub fn build(plan: &Plan, core: &pb::TaskCore, busy: &mut [(u64, u64)], xcr0: u64) -> Result<Region> {
         let regs = core.regs.as_ref().context("core image: no registers")?;
+        let pending = thread_pending(core)?;
+        let nthreads = core.threads.len() as u64;
         let code_len = page_up(blob::RESTORER_MEM_SIZE as u64);
         let args_off = code_len;
         let vmas_off = args_off + (size_of::<RestoreArgs>() as u64).next_multiple_of(64);
         let runs_off = vmas_off + (plan.vmas.len() * size_of::<VmaEntry>()) as u64;
-        let frame_off = page_up(runs_off + (plan.runs.len() * size_of::<PageRun>()) as u64);
-        let frame_len = sigframe::frame_size(core.xsave.len()) as u64;
-        let stack_off = page_up(frame_off + frame_len);
-        let park_off = stack_off + STACK_SIZE;
+        let threads_off = runs_off + (plan.runs.len() * size_of::<PageRun>()) as u64;
+        let pending_off = threads_off + nthreads * size_of::<ThreadArgs>() as u64;
+        let frame_off = page_up(pending_off + (pending.len() * size_of::<PendingSig>()) as u64);
+        let frame_len = page_up(sigframe::frame_size(core.xsave.len()) as u64);
+        let stack_off = frame_off + frame_len * (1 + nthreads);
+        let park_off = stack_off + STACK_SIZE + THREAD_STACK * nthreads;
         let (park_base, park_len) = park_span(plan);
         let len = park_off + page_up(park_len);
         let start = find_hole(busy, len)?;
@@ -85,12 +99,25 @@ impl Region {
             std::ptr::copy_nonoverlapping(plan.vmas.as_ptr(), vmas, plan.vmas.len());
             let runs = base.add(runs_off as usize) as *mut PageRun;
             std::ptr::copy_nonoverlapping(plan.runs.as_ptr(), runs, plan.runs.len());
+            let sigs = base.add(pending_off as usize) as *mut PendingSig;
+            std::ptr::copy_nonoverlapping(pending.as_ptr(), sigs, pending.len());
             let frame = std::slice::from_raw_parts_mut(base.add(frame_off as usize), frame_len as usize);
-            let alt = core.altstack.as_ref().map_or(sigframe::AltStack::NONE, |a| sigframe::AltStack { sp: a.sp, flags: a.flags, size: a.size });
             // All signals stay blocked through rt_sigreturn (pending ones and
             // fresh timer ticks included) until rcr, done with the task,
-            // sets the saved mask (restore::supervise).
-            sigframe::build(frame, start + frame_off, regs, &core.xsave, u64::MAX, alt, xcr0)?;
+            // sets the saved masks (restore::supervise).
+            sigframe::build(frame, start + frame_off, regs, &core.xsave, u64::MAX, altstack(&core.altstack), xcr0)?;
+            for (i, t) in core.threads.iter().enumerate() {
+                let i = i as u64;
+                let at = frame_off + frame_len * (1 + i);
+                let frame = std::slice::from_raw_parts_mut(base.add(at as usize), frame_len as usize);
+                let tregs = t.regs.as_ref().with_context(|| format!("core image: thread {} has no registers", t.tid))?;
+                sigframe::build(frame, start + at, tregs, &t.xsave, u64::MAX, altstack(&t.altstack), xcr0)
+                    .with_context(|| format!("thread {}", t.tid))?;
+                let slot = threads_off + i * size_of::<ThreadArgs>() as u64;
+                let stack = start + stack_off + STACK_SIZE + THREAD_STACK * i;
+                let ta = thread_args(t, start + slot, start + at, stack, start + args_off);
+                std::ptr::write(base.add(slot as usize) as *mut ThreadArgs, ta);
+            }
         }
         let mut special = plan.special;
         for s in special.iter_mut().take(NR_SPECIAL) {
@@ -100,7 +127,7 @@ impl Region {
         }
         let mut mm_map = plan.mm_map;
         let args = RestoreArgs {
-            stack_top: start + park_off,
+            stack_top: start + stack_off + STACK_SIZE,
             magic: RESTORE_ARGS_MAGIC,
             region_start: start,
             region_len: len,
@@ -121,6 +148,14 @@ impl Region {
             rseq_sig: core.rseq.as_ref().map_or(0, |r| r.signature),
             tid_address: core.tid_address,
             itimers: [itimer(&core.itimer_real), itimer(&core.itimer_virtual), itimer(&core.itimer_prof)],
+            robust_list: core.robust_list,
+            robust_list_len: core.robust_list_len,
+            threads: start + threads_off,
+            nr_threads: nthreads,
+            pending: start + pending_off,
+            nr_pending: pending.len() as u64,
+            ready: 0,
+            go: 0,
         };
         mm_map.auxv = start + args_off + std::mem::offset_of!(RestoreArgs, auxv) as u64;
         let args = RestoreArgs { mm_map, ..args };
@@ -176,7 +211,59 @@ impl Region {
     }
 }
 
-/// Where the current vDSO mappings start and how much room they need.
+fn altstack(a: &Option<pb::AltStack>) -> sigframe::AltStack {
+    a.as_ref().map_or(sigframe::AltStack::NONE, |a| sigframe::AltStack { sp: a.sp, flags: a.flags, size: a.size })
+}
+
+/// The blob's arguments for one other thread: `slot` is where they go in
+/// the region, `frame` its sigframe, `stack` the low end of its stack.
+fn thread_args(t: &pb::ThreadCore, slot: u64, frame: u64, stack: u64, restore_args: u64) -> ThreadArgs {
+    let mut comm = [0u8; 16];
+    let name = t.comm.as_bytes();
+    let n = name.len().min(15);
+    comm[..n].copy_from_slice(&name[..n]);
+    let clone = CloneArgs {
+        flags: THREAD_CLONE_FLAGS,
+        stack,
+        stack_size: THREAD_STACK,
+        tls: t.regs.as_ref().map_or(0, |r| r.fs_base),
+        set_tid: slot + std::mem::offset_of!(ThreadArgs, tid) as u64,
+        set_tid_size: 1,
+        ..Default::default()
+    };
+    ThreadArgs {
+        clone,
+        tid: t.tid as i32,
+        _pad: 0,
+        sigframe: frame,
+        gs_base: t.regs.as_ref().map_or(0, |r| r.gs_base),
+        rseq_ptr: t.rseq.as_ref().map_or(0, |r| r.pointer),
+        rseq_len: t.rseq.as_ref().map_or(0, |r| r.size),
+        rseq_sig: t.rseq.as_ref().map_or(0, |r| r.signature),
+        tid_address: t.tid_address,
+        robust_list: t.robust_list,
+        robust_list_len: t.robust_list_len,
+        comm,
+        result: 0,
+        step: 0,
+        restore_args,
+    }
+}
+
+/// Signals pending for one of the other threads, for the blob to queue.
+fn thread_pending(core: &pb::TaskCore) -> Result<Vec<PendingSig>> {
+    let mut out = Vec::new();
+    for t in &core.threads {
+        for p in &t.pending {
+            let siginfo: [u8; 128] = p.siginfo.as_slice().try_into().map_err(|_| {
+                anyhow::anyhow!("core image: thread {}: pending signal {} has a siginfo of {} bytes", t.tid, p.signo, p.siginfo.len())
+            })?;
+            out.push(PendingSig { tid: t.tid as i32, signo: p.signo as i32, siginfo });
+        }
+    }
+    Ok(out)
+}
+
 fn itimer(t: &Option<pb::ITimer>) -> ITimerVal {
     let t = t.unwrap_or_default();
     let split = |us: u64| ((us / 1_000_000) as i64, (us % 1_000_000) as i64);

@@ -1,18 +1,38 @@
-//! What the restore child does before it jumps into the restorer blob: it
-//! is still a copy of rcr, and turns itself, step by step, into the shell
-//! of the saved process (session, fs, fds, name, signal dispositions).
-//! Errors go back to rcr as text over a pipe; the child then exits.
+//! What a restore child does: it is still a copy of rcr, and turns
+//! itself, step by step, into the shell of a saved process, then jumps
+//! into the restorer blob:
+//!
+//! 1. block every signal; the root waits for rcr's go (rcr traces it
+//!    first; every process forked after it is traced from birth),
+//! 2. found its session or group, fork its children ([`crate::tree::restore`]),
+//! 3. barrier "forked": every process of the tree exists,
+//! 4. join a group another process leads; barrier "grouped",
+//! 5. a zombie dies here with its saved status; the others wait until
+//!    their zombie children are dead, then rebuild fs, fds (pipes from
+//!    the ones rcr created, [`Inherited`]), name, signal dispositions,
+//!    flags and pending signals, and jump.
+//!
+//! A barrier is an `int3` with [`BARRIER_MAGIC`] in rax: rcr holds the
+//! process there until every process arrived. Errors go back to rcr as
+//! text over the shared error pipe; the child then exits.
 #![allow(unsafe_code)]
 
 use super::bootstrap::Region;
-use super::Loaded;
-use crate::files;
+use super::{Inherited, Loaded, Proc, Tree};
+use crate::files::{self, FileTable};
 use crate::images::pb;
 use rcr_abi::parasite::KSigaction;
 use anyhow::{bail, Context, Result};
 use std::collections::HashMap;
+use std::convert::Infallible;
 use std::io::{Read, Write};
 use std::os::fd::{FromRawFd, IntoRawFd, RawFd};
+
+/// rax at a barrier's `int3` (the blob's report has 0 or -errno there).
+pub const BARRIER_MAGIC: u64 = 0x7263_725f_6261_7272;
+/// rdi at the barriers.
+pub const BARRIER_FORKED: u64 = 1;
+pub const BARRIER_GROUPED: u64 = 2;
 
 /// The two pipe ends the child keeps until the jump.
 #[derive(Debug)]
@@ -21,40 +41,113 @@ pub struct Sync {
     pub err_write: RawFd,
 }
 
-pub fn run(loaded: &Loaded, mut region: Region, sync: Sync) -> ! {
-    let result = prepare(loaded, &mut region, &sync);
-    // SAFETY: err_write is our end of the error pipe; it is consumed here.
+/// Becomes process `idx` of `tree`. Never returns.
+pub fn run(tree: &Tree, idx: usize, regions: &mut [Option<Region>], inherited: &Inherited, sync: &Sync) -> ! {
+    block_all_signals();
+    let pid = tree.procs[idx].pid();
+    let Err(e) = become_process(tree, idx, regions, inherited, sync);
+    // SAFETY: err_write is this process's copy of the error pipe's write end.
     let mut err = unsafe { std::fs::File::from_raw_fd(sync.err_write) };
-    match result {
-        Ok(()) => {
-            drop(err);
-            // SAFETY: single-threaded child, signals blocked, tracer attached
-            // (the go byte arrived), fds filled in by `prepare`.
-            unsafe { region.jump() }
-        }
-        Err(e) => {
-            let _ = write!(err, "{e:#}");
-            crate::sys::exit_now(1)
-        }
-    }
+    let _ = write!(err, "pid {pid}: {e:#}");
+    crate::sys::exit_now(1)
 }
 
-fn prepare(l: &Loaded, region: &mut Region, sync: &Sync) -> Result<()> {
-    // SAFETY: go_read is our end of the go pipe; consumed here.
-    let mut go = unsafe { std::fs::File::from_raw_fd(sync.go_read) };
+fn become_process(tree: &Tree, idx: usize, regions: &mut [Option<Region>], inherited: &Inherited, sync: &Sync) -> Result<Infallible> {
+    let p = &tree.procs[idx];
+    if idx == 0 {
+        wait_for_go(sync.go_read)?;
+    }
+    crate::tree::restore::found(p.kin)?;
+    for &c in &p.children {
+        crate::tree::restore::fork_child(tree.procs[c].pid(), || run(tree, c, regions, inherited, sync))?;
+    }
+    barrier(BARRIER_FORKED);
+    crate::tree::restore::join(p.kin)?;
+    barrier(BARRIER_GROUPED);
+    let Some(l) = &p.live else {
+        let _ = nix::sys::prctl::set_name(&std::ffi::CString::new(p.comm.as_bytes()).unwrap_or_default());
+        die(p.exit_status)
+    };
+    wait_for_zombies(tree, p)?;
+    let region = regions[idx].as_mut().context("no bootstrap region")?;
+    prepare(l, &tree.files, region, inherited, sync)?;
+    crate::sys::close(sync.err_write);
+    // SAFETY: single-threaded child, signals blocked, traced by rcr since
+    // before its birth (the root: since the go byte), fds filled in by
+    // `prepare`.
+    unsafe { region.jump() }
+}
+
+fn wait_for_go(fd: RawFd) -> Result<()> {
+    // SAFETY: go_read is this process's end of the go pipe; consumed here.
+    let mut go = unsafe { std::fs::File::from_raw_fd(fd) };
     let mut b = [0u8; 1];
     if go.read(&mut b).context("waiting for rcr")? != 1 {
         bail!("rcr went away before the restore started");
     }
-    drop(go);
-    restore_session(l)?;
+    Ok(())
+}
+
+/// Stops for rcr until every process of the tree reached barrier `n`.
+fn barrier(n: u64) {
+    // SAFETY: int3 traps to rcr, which traces this process; rcr resumes it
+    // right after the instruction, suppressing the SIGTRAP.
+    unsafe { std::arch::asm!("int3", in("rax") BARRIER_MAGIC, in("rdi") n, options(nostack)) };
+}
+
+/// A zombie's end: exit with its saved status, or die by its signal (no
+/// core dump).
+fn die(status: i32) -> ! {
+    let sig = status & 0x7f;
+    if sig != 0 {
+        // SAFETY: plain syscalls on this process only: no core dump, the
+        // signal's default action, unblocked, then sent to ourselves.
+        unsafe {
+            libc::prctl(libc::PR_SET_DUMPABLE, 0 as libc::c_ulong, 0 as libc::c_ulong, 0 as libc::c_ulong, 0 as libc::c_ulong);
+            libc::signal(sig, libc::SIG_DFL);
+            let mut set: libc::sigset_t = std::mem::zeroed();
+            libc::sigemptyset(&mut set);
+            libc::sigaddset(&mut set, sig);
+            libc::sigprocmask(libc::SIG_UNBLOCK, &set, std::ptr::null_mut());
+            libc::kill(libc::getpid(), sig);
+        }
+    }
+    crate::sys::exit_now((status >> 8) & 0xff)
+}
+
+/// Waits (without reaping) until every zombie child of `p` has died and
+/// rcr, its tracer, has let its parent see it.
+fn wait_for_zombies(tree: &Tree, p: &Proc) -> Result<()> {
+    for &c in &p.children {
+        let child = &tree.procs[c];
+        if child.live.is_some() {
+            continue;
+        }
+        let flags = nix::sys::wait::WaitPidFlag::WEXITED | nix::sys::wait::WaitPidFlag::WNOWAIT;
+        loop {
+            let id = nix::sys::wait::Id::Pid(nix::unistd::Pid::from_raw(child.pid()));
+            match nix::sys::wait::waitid(id, flags) {
+                Err(nix::errno::Errno::EINTR) => continue,
+                r => {
+                    r.with_context(|| format!("waiting for zombie child {}", child.pid()))?;
+                    break;
+                }
+            }
+        }
+    }
+    Ok(())
+}
+
+fn prepare(l: &Loaded, files: &FileTable, region: &mut Region, inherited: &Inherited, sync: &Sync) -> Result<()> {
     // SAFETY: personality(2) with a value the task had.
     unsafe { libc::personality(l.core.personality as libc::c_ulong) };
     files::restore::restore_fs(&l.fs)?;
-    files::restore::restore_fds(&l.fds, &l.files, &[sync.err_write])?;
-    open_mapping_fds(l, region)?;
+    let mut keep = inherited.fds();
+    keep.push(sync.err_write);
+    files::restore::restore_fds(&l.fds, files, &keep, &inherited.pipes)?;
+    open_mapping_fds(l, files, region, inherited)?;
+    inherited.close_all();
     nix::sys::prctl::set_name(&std::ffi::CString::new(l.core.comm.as_bytes()).unwrap_or_default()).context("PR_SET_NAME")?;
-    block_all_signals();
     restore_sigactions(&l.core)?;
     restore_task_flags(&l.core)?;
     queue_pending(&l.core)?;
@@ -93,21 +186,28 @@ fn unregister_own_rseq() -> Result<()> {
     Ok(())
 }
 
-/// Recreates the session / process group the task led. A task that led
-/// neither stays in rcr's (shell-job support comes with terminals).
-fn restore_session(l: &Loaded) -> Result<()> {
-    let pid = l.pstree.pid;
-    if l.pstree.sid == pid {
-        nix::unistd::setsid().context("setsid")?;
-    } else if l.pstree.pgid == pid {
-        nix::unistd::setpgid(nix::unistd::Pid::from_raw(0), nix::unistd::Pid::from_raw(0)).context("setpgid")?;
+/// Opens the files the VMAs map (for shared anonymous memory: a copy of
+/// the object rcr created), the pages image and the exe file; the blob
+/// closes them all before the process runs.
+fn open_mapping_fds(l: &Loaded, files: &FileTable, region: &mut Region, inherited: &Inherited) -> Result<()> {
+    let mut shmem: HashMap<u64, RawFd> = HashMap::new();
+    for (i, inode) in l.plan.vma_shmem.iter().enumerate() {
+        if *inode == 0 {
+            continue;
+        }
+        let fd = match shmem.get(inode) {
+            Some(fd) => *fd,
+            None => {
+                let obj = inherited.shmem.get(inode).with_context(|| format!("no shared memory object for inode {inode}"))?;
+                let fd = crate::sys::dup(*obj).context("dup of a shared memory object")?;
+                shmem.insert(*inode, fd);
+                fd
+            }
+        };
+        if let Some(v) = region.vmas_mut().get_mut(i) {
+            v.fd = fd;
+        }
     }
-    Ok(())
-}
-
-/// Opens the files the VMAs map, the pages image and the exe file; the
-/// blob closes them all before the process runs.
-fn open_mapping_fds(l: &Loaded, region: &mut Region) -> Result<()> {
     let mut by_id: HashMap<u32, RawFd> = HashMap::new();
     for (i, id) in l.plan.vma_files.iter().enumerate() {
         if *id == 0 {
@@ -116,7 +216,7 @@ fn open_mapping_fds(l: &Loaded, region: &mut Region) -> Result<()> {
         let fd = match by_id.get(id) {
             Some(fd) => *fd,
             None => {
-                let f = l.files.get(*id).with_context(|| format!("file id {id}"))?;
+                let f = files.get(*id).with_context(|| format!("file id {id}"))?;
                 let fd = files::restore::open(f, f.flags).with_context(|| format!("mapping {}", f.path))?;
                 by_id.insert(*id, fd);
                 fd
@@ -127,7 +227,7 @@ fn open_mapping_fds(l: &Loaded, region: &mut Region) -> Result<()> {
         }
     }
     let pages = std::fs::File::open(&l.pages_path).with_context(|| format!("opening {}", l.pages_path.display()))?;
-    let exe = l.files.get(l.plan.exe_file_id).context("exe file")?;
+    let exe = files.get(l.plan.exe_file_id).context("exe file")?;
     let exe_fd = files::restore::open(exe, libc::O_RDONLY as u32).with_context(|| format!("exe {}", exe.path))?;
     region.set_fds(pages.into_raw_fd(), exe_fd);
     Ok(())
@@ -149,6 +249,12 @@ fn restore_sigactions(core: &pb::TaskCore) -> Result<()> {
         let slot = acts.get_mut((s.signo as usize).wrapping_sub(1)).with_context(|| format!("core image: sigaction for signal {}", s.signo))?;
         *slot = KSigaction { handler: s.handler, flags: s.flags, restorer: s.restorer, mask: s.mask };
     }
+    // Setting SIGCHLD to SIG_IGN first discards the SIGCHLD each zombie
+    // child's death queued here; those that were pending at dump time are
+    // queued again afterwards (queue_pending).
+    let ign = KSigaction { handler: 1, ..Default::default() };
+    // SAFETY: as below.
+    unsafe { libc::syscall(libc::SYS_rt_sigaction, libc::SIGCHLD, &ign as *const KSigaction, 0usize, 8usize) };
     for (i, sa) in acts.iter().enumerate() {
         let sig = i as i32 + 1;
         if sig == libc::SIGKILL || sig == libc::SIGSTOP {
@@ -165,7 +271,8 @@ fn restore_sigactions(core: &pb::TaskCore) -> Result<()> {
     Ok(())
 }
 
-/// prctl flags of the task: dumpable, child subreaper, THP, timer slack.
+/// prctl flags of the task: dumpable, child subreaper, THP, timer slack,
+/// parent-death signal (its parent is the restored one by now).
 fn restore_task_flags(core: &pb::TaskCore) -> Result<()> {
     let set = |what: &str, op: libc::c_int, v: u64| -> Result<()> {
         // SAFETY: prctl with integer arguments only.
@@ -185,6 +292,9 @@ fn restore_task_flags(core: &pb::TaskCore) -> Result<()> {
     }
     if core.timerslack_ns != 0 {
         set("timer slack", libc::PR_SET_TIMERSLACK, core.timerslack_ns)?;
+    }
+    if core.pdeathsig != 0 {
+        set("parent-death signal", libc::PR_SET_PDEATHSIG, core.pdeathsig as u64)?;
     }
     Ok(())
 }

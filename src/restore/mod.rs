@@ -1,33 +1,45 @@
 //! The restore pipeline: `rcr restore -D DIR`.
 //!
 //! Steps, each a function below:
-//! 1. [`load`]: read and cross-check the images,
-//! 2. [`validate`]: the PID is free, the files are unchanged, the vDSO and
-//!    XSAVE layouts fit this machine — nothing is created before this,
-//! 3. [`bootstrap::Region::build`]: place the restorer blob, its arguments
-//!    and the sigframe in rcr's own memory, where the child will inherit it,
-//! 4. [`fork_task`]: clone3 with the saved PID; the child ([`child`])
-//!    rebuilds session, fs and fds, then jumps into the blob,
-//! 5. [`supervise`]: trace the child through the blob, then unmap the
-//!    bootstrap region from outside and detach,
-//! 6. [`finish`]: write the pidfile; wait for the process unless `-d`.
+//! 1. [`load`]: read and cross-check the images of every process,
+//! 2. [`validate`]: every PID and TID is free, the files are unchanged,
+//!    the vDSO and XSAVE layouts fit this machine, sessions and groups can
+//!    be rebuilt ([`crate::tree::plan`]) — nothing is created before this,
+//! 3. [`bootstrap::Region::build`]: for each live process, place the
+//!    restorer blob, its arguments and the sigframes of its threads in
+//!    rcr's own memory, where the forked tree will inherit them,
+//! 4. [`Inherited::create`]: what processes share (pipes, shared anonymous
+//!    memory) is created by rcr, so that every process inherits it,
+//! 5. [`fork_root`]: clone3 with the root's PID; each process ([`child`])
+//!    forks its own children, rebuilds its session, group, fs and fds, and
+//!    jumps into its blob, which recreates its threads,
+//! 6. [`supervise::run`]: rcr traces the whole tree (auto-attached through
+//!    fork and clone), holds every process at two barriers (all forked;
+//!    all in their groups), lets the zombies die, waits until every blob
+//!    reports, lets them all rt_sigreturn, unmaps each bootstrap region from
+//!    outside and detaches everything at once,
+//! 7. [`finish`]: write the pidfile; wait for the root unless `-d`.
 //!
-//! If anything fails after the fork, the child is killed (it is traced
-//! with PTRACE_O_EXITKILL, so even rcr's death kills it): a failed restore
-//! leaves no half-built process behind.
+//! If anything fails after the fork, every process is killed (each is
+//! traced with PTRACE_O_EXITKILL, so even rcr's death kills them): a failed
+//! restore leaves no half-built process behind.
 
 pub mod bootstrap;
 pub mod child;
+pub mod supervise;
 
 use crate::arch::cur as arch;
 use crate::files::FileTable;
 use crate::images::{pb, ImageDir, Kind, FORMAT_VERSION};
-use crate::infect::{self, Stop, Tracee};
+use crate::infect::Tracee;
 use crate::mm::restore::Plan;
-use crate::{log, proc};
+use crate::proc;
+use crate::tree::Kin;
 use anyhow::{bail, Context, Result};
 use bootstrap::Region;
 use rcr_abi::RestoreStep;
+use std::collections::{HashMap, HashSet};
+use std::os::fd::RawFd;
 use std::path::PathBuf;
 
 #[derive(Debug, Clone)]
@@ -37,34 +49,135 @@ pub struct Options {
     pub pidfile: Option<PathBuf>,
 }
 
-/// The images of one process, loaded and cross-checked.
+/// The images of one live process, loaded and cross-checked.
 #[derive(Debug)]
 pub struct Loaded {
-    pub pstree: pb::PstreeEntry,
     pub core: pb::TaskCore,
     pub mm: pb::Mm,
-    pub files: FileTable,
     pub fds: Vec<pb::FdEntry>,
     pub fs: pb::Fs,
     pub pages_path: PathBuf,
     pub plan: Plan,
 }
 
-/// Returns the exit code for rcr: the restored process's status unless
-/// detached.
-pub fn run(o: &Options) -> Result<i32> {
-    let loaded = load(&o.dir)?;
-    validate(&loaded)?;
-    let mut busy = crate::mm::restore::occupied(&loaded.mm);
-    busy.extend(proc::maps(std::process::id() as i32)?.iter().map(|m| (m.start, m.end)));
-    let region = Region::build(&loaded.plan, &loaded.core, &mut busy, arch::xcr0())?;
-    let (region_start, region_len, insn) = (region.start, region.len, region.syscall_insn());
-    let tracee = fork_task(&loaded, region)?;
-    supervise(&loaded, tracee, region_start, region_len, insn)?;
-    finish(o, loaded.pstree.pid as i32)
+/// One process of the tree to restore.
+#[derive(Debug)]
+pub struct Proc {
+    pub entry: pb::PstreeEntry,
+    pub kin: Kin,
+    /// None for a zombie.
+    pub live: Option<Box<Loaded>>,
+    /// Zombies: the wait status to die with, and the name.
+    pub exit_status: i32,
+    pub comm: String,
+    pub stopped: bool,
+    /// Indices (in [`Tree::procs`]) of the children, in fork order.
+    pub children: Vec<usize>,
 }
 
-fn load(path: &std::path::Path) -> Result<Loaded> {
+impl Proc {
+    pub fn pid(&self) -> i32 {
+        self.entry.pid as i32
+    }
+}
+
+/// The whole image set: the processes (root first, parents before their
+/// children) and what they share.
+#[derive(Debug)]
+pub struct Tree {
+    pub procs: Vec<Proc>,
+    pub files: FileTable,
+    pub pipes: Vec<pb::PipeEntry>,
+}
+
+/// What rcr creates before forking, inherited by every restored process
+/// at fd numbers above all of theirs: pipes (read, write) by pipe id,
+/// shared anonymous memory objects by their saved inode.
+#[derive(Debug, Default)]
+pub struct Inherited {
+    pub pipes: HashMap<u32, (RawFd, RawFd)>,
+    pub shmem: HashMap<u64, RawFd>,
+}
+
+impl Inherited {
+    fn create(tree: &Tree) -> Result<Inherited> {
+        let live = || tree.procs.iter().filter_map(|p| p.live.as_ref());
+        let min = 1 + live().flat_map(|l| l.fds.iter().map(|f| f.fd as RawFd)).max().unwrap_or(2).max(2);
+        let pipes = crate::files::pipe::create_all(&tree.pipes, min)?;
+        let mut sizes: HashMap<u64, u64> = HashMap::new();
+        for l in live() {
+            for v in l.mm.vmas.iter().filter(|v| v.kind == pb::VmaKind::VmaAnonShared as i32) {
+                let end = v.pgoff + (v.end - v.start);
+                let e = sizes.entry(v.inode.max(1)).or_default();
+                *e = (*e).max(end);
+            }
+        }
+        let mut shmem = HashMap::new();
+        for (inode, size) in sizes {
+            let fd = crate::sys::shmem_object(size).with_context(|| format!("recreating shared memory object {inode}"))?;
+            shmem.insert(inode, crate::sys::move_above(fd, min)?);
+        }
+        Ok(Inherited { pipes, shmem })
+    }
+
+    pub fn fds(&self) -> Vec<RawFd> {
+        self.pipes.values().flat_map(|&(r, w)| [r, w]).chain(self.shmem.values().copied()).collect()
+    }
+
+    pub fn close_all(&self) {
+        for fd in self.fds() {
+            crate::sys::close(fd);
+        }
+    }
+}
+
+/// Returns the exit code for rcr: the root's status unless detached.
+pub fn run(o: &Options) -> Result<i32> {
+    let tree = load(&o.dir)?;
+    validate(&tree)?;
+    let mut regions = build_regions(&tree)?;
+    let spans: Vec<_> = regions.iter().map(|r| r.as_ref().map(|r| (r.start, r.len, r.syscall_insn()))).collect();
+    let inherited = Inherited::create(&tree);
+    let root = inherited.and_then(|inh| {
+        let root = fork_root(&tree, &mut regions, &inh);
+        inh.close_all();
+        root
+    });
+    for r in regions.into_iter().flatten() {
+        r.unmap();
+    }
+    let (tracee, err_r) = root?;
+    supervise::run(&tree, &spans, tracee, err_r)?;
+    finish(o, tree.procs[0].pid())
+}
+
+/// A bootstrap region for each live process, none overlapping rcr's
+/// mappings, another region, or the saved mappings of its own process.
+fn build_regions(tree: &Tree) -> Result<Vec<Option<Region>>> {
+    let mut busy: Vec<(u64, u64)> = proc::maps(std::process::id() as i32)?.iter().map(|m| (m.start, m.end)).collect();
+    let mut regions = Vec::new();
+    for p in &tree.procs {
+        let Some(l) = &p.live else {
+            regions.push(None);
+            continue;
+        };
+        let mut mine = busy.clone();
+        mine.extend(crate::mm::restore::occupied(&l.mm));
+        let r = Region::build(&l.plan, &l.core, &mut mine, arch::xcr0()).with_context(|| format!("pid {}", p.pid()));
+        let r = match r {
+            Ok(r) => r,
+            Err(e) => {
+                regions.into_iter().flatten().for_each(Region::unmap);
+                return Err(e);
+            }
+        };
+        busy.push((r.start, r.start + r.len));
+        regions.push(Some(r));
+    }
+    Ok(regions)
+}
+
+fn load(path: &std::path::Path) -> Result<Tree> {
     let dir = ImageDir::open(path)?;
     let inv: pb::Inventory = dir.read_one(Kind::Inventory, None)?;
     if inv.format_version != FORMAT_VERSION {
@@ -73,29 +186,133 @@ fn load(path: &std::path::Path) -> Result<Loaded> {
     if !inv.parent.is_empty() {
         bail!("inventory.img: parent {:?}: incremental image sets are not supported yet", inv.parent);
     }
-    let tree: Vec<pb::PstreeEntry> = dir.read_all(Kind::Pstree, None)?;
-    let pstree = match tree.as_slice() {
-        [one] => one.clone(),
-        _ => bail!("pstree.img: {} processes; this rcr restores exactly one", tree.len()),
-    };
-    if pstree.pid != inv.root_pid {
-        bail!("pstree.img: pid {} does not match inventory.img root_pid {}", pstree.pid, inv.root_pid);
+    let entries: Vec<pb::PstreeEntry> = dir.read_all(Kind::Pstree, None)?;
+    match entries.first() {
+        Some(e) if e.pid == inv.root_pid => {}
+        Some(e) => bail!("pstree.img: the first process is {}, but inventory.img names root_pid {}", e.pid, inv.root_pid),
+        None => bail!("pstree.img: no processes"),
     }
-    let pid = Some(pstree.pid);
+    let kins = crate::tree::plan(&entries)?;
+    let files = FileTable::from_images(dir.read_all(Kind::Files, None)?);
+    let pipes: Vec<pb::PipeEntry> = if dir.file(Kind::Pipes, None).exists() { dir.read_all(Kind::Pipes, None)? } else { Vec::new() };
+    let self_maps = proc::maps(std::process::id() as i32)?;
+    let index: HashMap<u32, usize> = entries.iter().enumerate().map(|(i, e)| (e.pid, i)).collect();
+    let mut procs = Vec::with_capacity(entries.len());
+    for (entry, kin) in entries.iter().zip(kins) {
+        procs.push(load_process(&dir, entry.clone(), kin, &files, &self_maps)?);
+    }
+    for (i, e) in entries.iter().enumerate().skip(1) {
+        let parent = index[&e.ppid];
+        if procs[parent].live.is_none() {
+            bail!("pstree.img: pid {} has a zombie as its parent ({})", e.pid, e.ppid);
+        }
+        procs[parent].children.push(i);
+    }
+    Ok(Tree { procs, files, pipes })
+}
+
+fn load_process(dir: &ImageDir, entry: pb::PstreeEntry, kin: Kin, files: &FileTable, self_maps: &[proc::MapEntry]) -> Result<Proc> {
+    let pid = Some(entry.pid);
     let core: pb::TaskCore = dir.read_one(Kind::Core, pid)?;
-    if core.state != pb::TaskState::Alive as i32 {
-        bail!("core-{}.img: task state {} is not one this rcr restores", pstree.pid, core.state);
+    if core.pid != entry.pid {
+        bail!("core-{}.img: holds pid {}", entry.pid, core.pid);
+    }
+    let mut p = Proc { entry, kin, live: None, exit_status: core.exit_status, comm: core.comm.clone(), stopped: false, children: Vec::new() };
+    match pb::TaskState::try_from(core.state).ok() {
+        Some(pb::TaskState::Zombie) => return Ok(p),
+        Some(pb::TaskState::Alive) => {}
+        Some(pb::TaskState::Stopped) => p.stopped = true,
+        _ => bail!("core-{}.img: task state {} is not one this rcr restores", p.entry.pid, core.state),
+    }
+    let tids: Vec<u32> = core.threads.iter().map(|t| t.tid).collect();
+    if p.entry.threads.first() != Some(&p.entry.pid) || p.entry.threads[1..] != tids[..] {
+        bail!("core-{}.img: threads {tids:?} do not match pstree.img's {:?}", p.entry.pid, p.entry.threads);
+    }
+    if let Some(t) = core.threads.iter().find(|t| t.xsave.len() != core.xsave.len()) {
+        bail!("core-{}.img: thread {} has an XSAVE area of {} bytes, the leader {}", p.entry.pid, t.tid, t.xsave.len(), core.xsave.len());
     }
     let mm: pb::Mm = dir.read_one(Kind::Mm, pid)?;
     let pagemap: Vec<pb::PagemapEntry> = dir.read_all(Kind::Pagemap, pid)?;
-    let files = FileTable::from_images(dir.read_all(Kind::Files, None)?);
     let fds = dir.read_all(Kind::Fdinfo, pid)?;
     let fs = dir.read_one(Kind::Fs, pid)?;
     let pages_path = dir.file(Kind::Pages, pid);
     check_pages_file(&pages_path, &pagemap)?;
-    let self_maps = proc::maps(std::process::id() as i32)?;
-    let plan = crate::mm::restore::plan(&mm, &pagemap, &files, &self_maps)?;
-    Ok(Loaded { pstree, core, mm, files, fds, fs, pages_path, plan })
+    let plan = crate::mm::restore::plan(&mm, &pagemap, files, self_maps).with_context(|| format!("pid {}", p.entry.pid))?;
+    p.live = Some(Box::new(Loaded { core, mm, fds, fs, pages_path, plan }));
+    Ok(p)
+}
+
+fn validate(tree: &Tree) -> Result<()> {
+    let mut ids = HashSet::new();
+    for p in &tree.procs {
+        for &tid in &p.entry.threads {
+            if !ids.insert(tid) {
+                bail!("pstree.img: id {tid} appears twice");
+            }
+        }
+        if p.live.is_none() && !ids.insert(p.entry.pid) {
+            bail!("pstree.img: id {} appears twice", p.entry.pid);
+        }
+    }
+    for &id in &ids {
+        if let Ok(st) = proc::stat(id as i32) {
+            bail!("pid {id} is in use (by {:?}); rcr restores processes and threads with their original ids", st.comm);
+        }
+    }
+    for p in &tree.procs {
+        let Some(l) = &p.live else { continue };
+        if let Some(fd) = l.fds.iter().find(|f| f.pipe_id != 0 && !tree.pipes.iter().any(|x| x.id == f.pipe_id)) {
+            bail!("fdinfo-{}.img: fd {} refers to unknown pipe id {}", p.pid(), fd.fd, fd.pipe_id);
+        }
+        let files: Vec<pb::FdEntry> = l.fds.iter().filter(|f| f.pipe_id == 0).cloned().collect();
+        crate::files::restore::check_all(&tree.files, &files).with_context(|| format!("pid {}", p.pid()))?;
+        if let Some(exe) = tree.files.get(l.mm.exe_file_id) {
+            crate::files::restore::check("exe link", exe, crate::files::restore::Content::MayChange)?;
+        }
+        arch::check_xsave_compatible(&l.core.xsave, host_xsave_size())?;
+    }
+    Ok(())
+}
+
+/// Forks the root with its saved PID and seizes it (its descendants and
+/// threads get attached as they are created); the child runs
+/// [`child::run`] and never returns here. Returns the root's tracee and
+/// the read end of the error pipe every process of the tree writes to.
+fn fork_root(tree: &Tree, regions: &mut [Option<Region>], inherited: &Inherited) -> Result<(Tracee, std::fs::File)> {
+    let pid = tree.procs[0].pid();
+    let max_fd = inherited.fds().into_iter().chain(tree.procs.iter().filter_map(|p| p.live.as_ref()).flat_map(|l| l.fds.iter().map(|f| f.fd as RawFd))).max().unwrap_or(2).max(2);
+    let (go_r, go_w) = nix::unistd::pipe2(nix::fcntl::OFlag::O_CLOEXEC).context("pipe")?;
+    let (err_r, err_w) = nix::unistd::pipe2(nix::fcntl::OFlag::O_CLOEXEC).context("pipe")?;
+    // The children's ends must not sit on an fd number they are about to restore.
+    let go_child = crate::sys::dup_above(child::into_raw(go_r), max_fd + 1)?;
+    let err_child = crate::sys::dup_above(child::into_raw(err_w), max_fd + 1)?;
+    let sync = child::Sync { go_read: go_child, err_write: err_child };
+    // SAFETY: rcr is single-threaded here (restore never spawns threads).
+    #[allow(unsafe_code)]
+    let forked = unsafe { crate::sys::clone3_with_pid(pid) };
+    match forked {
+        Err(e) if e.raw_os_error() == Some(libc::EEXIST) => bail!("pid {pid} is in use; cannot restore with it"),
+        Err(e) => return Err(e).with_context(|| format!("clone3 with pid {pid}")),
+        Ok(0) => {
+            drop(go_w);
+            drop(err_r);
+            child::run(tree, 0, regions, inherited, &sync)
+        }
+        Ok(_) => {}
+    }
+    child::close(go_child);
+    child::close(err_child);
+    let tracee = match Tracee::seize_child(pid) {
+        Ok(t) => t,
+        Err(e) => {
+            supervise::kill_tree(tree);
+            return Err(e);
+        }
+    };
+    // Let the root go: from now on everything it creates is traced.
+    let mut go = std::fs::File::from(go_w);
+    std::io::Write::write_all(&mut go, b"g").context("starting the restore child")?;
+    Ok((tracee, std::fs::File::from(err_r)))
 }
 
 fn check_pages_file(path: &std::path::Path, pagemap: &[pb::PagemapEntry]) -> Result<()> {
@@ -113,151 +330,18 @@ fn check_pages_file(path: &std::path::Path, pagemap: &[pb::PagemapEntry]) -> Res
     Ok(())
 }
 
-fn validate(l: &Loaded) -> Result<()> {
-    let pid = l.pstree.pid;
-    if let Ok(st) = proc::stat(pid as i32) {
-        bail!("pid {pid} is in use (by {:?}); rcr restores a process with its original pid", st.comm);
-    }
-    crate::files::restore::check_all(&l.files, &l.fds)?;
-    if let Some(exe) = l.files.get(l.mm.exe_file_id) {
-        crate::files::restore::check("exe link", exe, crate::files::restore::Content::MayChange)?;
-    }
-    arch::check_xsave_compatible(&l.core.xsave, host_xsave_size())?;
-    Ok(())
-}
-
 /// Size of the XSAVE area this CPU uses for the enabled features
 /// (CPUID leaf 0xD, sub-leaf 0, EBX).
 fn host_xsave_size() -> usize {
     std::arch::x86_64::__cpuid_count(0xd, 0).ebx as usize
 }
 
-/// Forks the child with the saved PID and seizes it; the child runs
-/// [`child::run`] and never returns here.
-fn fork_task(l: &Loaded, region: Region) -> Result<Tracee> {
-    let pid = l.pstree.pid as i32;
-    let max_fd = l.fds.iter().map(|f| f.fd as i32).max().unwrap_or(2).max(2);
-    let (go_r, go_w) = nix::unistd::pipe2(nix::fcntl::OFlag::O_CLOEXEC).context("pipe")?;
-    let (err_r, err_w) = nix::unistd::pipe2(nix::fcntl::OFlag::O_CLOEXEC).context("pipe")?;
-    // The child's ends must not sit on an fd number it is about to restore.
-    let go_child = crate::sys::dup_above(child::into_raw(go_r), max_fd + 1)?;
-    let err_child = crate::sys::dup_above(child::into_raw(err_w), max_fd + 1)?;
-    // SAFETY: rcr is single-threaded here (restore never spawns threads).
-    #[allow(unsafe_code)]
-    let forked = unsafe { crate::sys::clone3_with_pid(pid) };
-    match forked {
-        Err(e) if e.raw_os_error() == Some(libc::EEXIST) => bail!("pid {pid} is in use; cannot restore with it"),
-        Err(e) => return Err(e).with_context(|| format!("clone3 with pid {pid}")),
-        Ok(0) => {
-            drop(go_w);
-            drop(err_r);
-            child::run(l, region, child::Sync { go_read: go_child, err_write: err_child })
-        }
-        Ok(_) => {}
-    }
-    region.unmap();
-    child::close(go_child);
-    child::close(err_child);
-    let tracee = Tracee::seize_child(pid);
-    let tracee = match tracee {
-        Ok(t) => t,
-        Err(e) => {
-            kill_child(pid);
-            return Err(e);
-        }
-    };
-    // Let the child go; then wait for it to fail or reach the blob.
-    let mut go = std::fs::File::from(go_w);
-    std::io::Write::write_all(&mut go, b"g").context("starting the restore child")?;
-    drop(go);
-    match wait_for_blob(&tracee) {
-        Ok(()) => Ok(tracee),
-        Err(e) => {
-            let msg = child::read_error(child::into_raw(err_r));
-            kill_child(pid);
-            if msg.is_empty() {
-                Err(e)
-            } else {
-                bail!("restoring pid {pid}: {msg}")
-            }
-        }
-    }
-}
-
-fn kill_child(pid: i32) {
-    let _ = nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid), nix::sys::signal::Signal::SIGKILL);
-    let _ = nix::sys::wait::waitpid(nix::unistd::Pid::from_raw(pid), None);
-}
-
-/// Waits until the child stops at the blob's `int3`.
-fn wait_for_blob(t: &Tracee) -> Result<()> {
-    loop {
-        match infect::wait_stop(t.pid())? {
-            Stop::Signal(libc::SIGTRAP) => return Ok(()),
-            Stop::Signal(sig) => {
-                // Signals are blocked in the child; a fault is fatal.
-                bail!("restore child got signal {sig} before the restorer ran");
-            }
-            Stop::Exited(c) => bail!("restore child exited with status {c}"),
-            Stop::Killed(s) => bail!("restore child was killed by signal {s}"),
-            Stop::Interrupt | Stop::Syscall => {
-                t.cont(0)?;
-            }
-        }
-    }
-}
-
-/// Reads the blob's verdict, lets it rt_sigreturn, then removes the
-/// bootstrap region with one injected munmap and detaches.
-fn supervise(l: &Loaded, t: Tracee, region_start: u64, region_len: u64, insn: u64) -> Result<()> {
-    let pid = t.pid();
-    let result = (|| -> Result<()> {
-        let r = t.get_regs()?;
-        if r.rax != 0 {
-            bail!("{}", describe_blob_failure(l, r.rdi, r.rsi, r.rax as i64));
-        }
-        t.step_syscall()?; // rt_sigreturn entry
-        t.step_syscall()?; // rt_sigreturn exit: the saved registers are live
-        let restored = t.get_regs()?;
-        let want = l.core.regs.as_ref().map(|r| r.rip).unwrap_or(0);
-        if restored.rip != want {
-            bail!("after rt_sigreturn rip is {:#x}, expected {:#x}", restored.rip, want);
-        }
-        let mut r = restored;
-        (r.rip, r.rax, r.orig_rax, r.rdi, r.rsi) = (insn, libc::SYS_munmap as u64, u64::MAX, region_start, region_len);
-        t.set_regs(&r)?;
-        t.step_syscall()?;
-        t.step_syscall()?;
-        let res = t.get_regs()?.rax as i64;
-        if res != 0 {
-            bail!("unmapping the bootstrap region: {}", std::io::Error::from_raw_os_error(-res as i32));
-        }
-        t.set_regs(&restored)?;
-        // The sigframe kept every signal blocked, so none could stop the
-        // steps above; the saved mask takes over now, as rcr lets go.
-        t.set_sigmask(l.core.blocked)?;
-        Ok(())
-    })();
-    match result {
-        Ok(()) => {
-            t.detach()?;
-            log::info(&format!("pid {pid} restored"));
-            Ok(())
-        }
-        Err(e) => {
-            drop(t);
-            kill_child(pid);
-            Err(e.context(format!("restoring pid {pid}")))
-        }
-    }
-}
-
-fn describe_blob_failure(l: &Loaded, step: u64, index: u64, rax: i64) -> String {
+pub fn describe_blob_failure(l: &Loaded, step: u64, index: u64, rax: i64) -> String {
     let err = std::io::Error::from_raw_os_error((-rax) as i32);
     let step = RestoreStep::from_u64(step);
     let what = step.map(RestoreStep::describe).unwrap_or("an unknown step");
     let item = match step {
-        Some(RestoreStep::MapVma | RestoreStep::Protect) => l
+        Some(RestoreStep::MapVma | RestoreStep::Protect | RestoreStep::Madvise) => l
             .plan
             .vmas
             .get(index as usize)
@@ -267,6 +351,11 @@ fn describe_blob_failure(l: &Loaded, step: u64, index: u64, rax: i64) -> String 
             })
             .unwrap_or_default(),
         Some(RestoreStep::ReadPages) => format!(" {index} (pagemap entry)"),
+        Some(RestoreStep::SpawnThread) => l.core.threads.get(index as usize).map(|t| format!(" {}", t.tid)).unwrap_or_default(),
+        _ if index & rcr_abi::THREAD_INDEX != 0 => {
+            let i = (index & !rcr_abi::THREAD_INDEX) as usize;
+            format!(" in thread {}", l.core.threads.get(i).map_or(0, |t| t.tid))
+        }
         _ => String::new(),
     };
     format!("restorer blob failed {what}{item}: {err}")

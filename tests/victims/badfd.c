@@ -1,15 +1,20 @@
 /*
  * badfd: a process rcr must refuse to dump.
  *
- * Holds a pipe (mode "pipe") or a unix socketpair (mode "socket") on fds
- * 10 and 11, with a message in flight. rcr dump must refuse it, name the
- * fd in its error, and leave it running untouched: after go the message is
- * still there to read.
+ * Mode "socket": holds a unix socketpair on fds 10 and 11, with a message
+ * in flight. Mode "pipe": holds the read end of a pipe on fd 10, with a
+ * message in flight, whose write end (fd 11) only a child holds; dumped
+ * with --scope process, that end is outside the dump. rcr dump must
+ * refuse, name the fd in its error, and leave the process running
+ * untouched: after go the message is still there to read.
  *
  * usage: badfd GO_FILE pipe|socket
  */
 #include "victim.h"
+#include <signal.h>
+#include <sys/prctl.h>
 #include <sys/socket.h>
+#include <sys/wait.h>
 
 #define MSG "still here"
 
@@ -35,11 +40,29 @@ int main(int argc, char **argv)
 	if (write(11, MSG, sizeof(MSG)) != sizeof(MSG))
 		fail("write: %s", strerror(errno));
 
+	pid_t child = -1;
+	int status;
+	if (!strcmp(argv[2], "pipe")) {
+		fflush(stdout);
+		child = fork();
+		if (child < 0)
+			fail("fork: %s", strerror(errno));
+		if (child == 0) {
+			prctl(PR_SET_PDEATHSIG, SIGKILL); /* never outlive the victim */
+			close(10);
+			wait_for_go(argv[1]);
+			_exit(0);
+		}
+		close(11);
+	}
+
 	printf("%s fds 10 11\n", argv[2]);
 	ready();
 	wait_for_go(argv[1]);
 
 	if (read(10, buf, sizeof(buf)) != sizeof(MSG) || strcmp(buf, MSG))
 		fail("the message in the %s is gone", argv[2]);
+	if (child > 0 && (waitpid(child, &status, 0) != child || !WIFEXITED(status) || WEXITSTATUS(status)))
+		fail("the pipe's writer did not exit 0 (status %#x)", status);
 	pass();
 }

@@ -1,5 +1,5 @@
 # Shared by scripts/demo.sh and scripts/test.sh (sourced, not run): makes
-# sure gcc, the C headers and a Rust toolchain with rust-objcopy are there,
+# sure gcc, the C headers, python3 and a Rust toolchain with rust-objcopy are there,
 # installing them on a fresh Debian 12. Expects MIN_RUST and die() to be set.
 
 apt_install() {
@@ -21,6 +21,8 @@ ensure_tools() {
     local pkgs=()
     { command -v gcc >/dev/null && command -v make >/dev/null && [ -e /usr/include/stdio.h ]; } || pkgs+=(build-essential)
     rust_ok || command -v curl >/dev/null || pkgs+=(curl ca-certificates)
+    # The tests restore a real multi-threaded program: python3.
+    [ -x /usr/bin/python3 ] || pkgs+=(python3)
     if [ ${#pkgs[@]} -gt 0 ]; then apt_install "${pkgs[@]}"; fi
     if ! rust_ok; then
         echo "installing a Rust toolchain (rustup, stable, minimal profile) into $HOME/.cargo"

@@ -6,12 +6,13 @@
 //!            dump                                         restore
 //!  +-------------------------+                 +-------------------------------+
 //!  | dump::run               |                 | restore::run                  |
-//!  |  1 seize    (infect/)   |   image set     |  1 load + validate images     |
-//!  |  2 inject the parasite  | --------------> |  2 fork with the saved PID    |
-//!  |  3 per resource dump    |  images/ + pb   |  3 per resource restore       |
-//!  |    mm::dump, files::dump|  (proto/)       |    files::restore, mm::plan   |
-//!  |  4 drain pages, write   |                 |  4 jump into the restorer blob|
-//!  |  5 cure; kill or resume |                 |  5 finish from outside, detach|
+//!  |  1 freeze the tree      |   image set     |  1 load + validate images     |
+//!  |    (tree::dump, infect/)| --------------> |  2 create shared objects, fork|
+//!  |  2 per process: inject  |  images/ + pb   |    the tree with saved PIDs   |
+//!  |    the parasite, dump   |  (proto/)       |  3 per resource restore       |
+//!  |    mm, files, threads   |                 |    files::restore, mm::plan   |
+//!  |  3 drain pages, cure    |                 |  4 blob: memory, threads      |
+//!  |  4 kill or resume tree  |                 |  5 supervise: release, detach |
 //!  +-------------------------+                 +-------------------------------+
 //! ```
 //!
@@ -29,7 +30,8 @@
 //!   `images-format.md` specifies it for outside readers.
 //! * One module per kind of resource, each with its dump and restore side
 //!   by side: [`mm`] (VMAs, pages, mm fields, vDSO), [`files`] (fds, cwd,
-//!   root).
+//!   root, pipes), [`tree`] (which processes, their parent links, sessions
+//!   and groups: freezing on dump, forking on restore).
 //! * [`proc`] parses /proc; [`arch`] holds what is x86-64 specific:
 //!   register layouts, the XSAVE area, the rt_sigframe, syscall restart.
 //! * The two blobs, restorer (`restorer-blob/`) and parasite (`parasite/`),
@@ -41,23 +43,29 @@
 //!
 //! ## Restore in one paragraph
 //!
-//! `rcr restore` forks a child with the saved PID (clone3 `set_tid`). The
-//! child reopens the files at their fd numbers, opens the files the VMAs
-//! map, then jumps into the restorer blob, copied into a bootstrap region
-//! that overlaps neither rcr's current mappings nor the saved ones. The
-//! blob parks the vDSO, unmaps everything else, maps the saved VMAs and
-//! reads their pages in, moves the vDSO to its saved place, sets the mm
-//! fields and TLS, stops at an `int3` for the tracing parent, and calls
-//! rt_sigreturn on a frame holding the saved registers and XSAVE area. The
-//! parent catches the exit of that rt_sigreturn, unmaps the bootstrap
-//! region with one injected syscall, puts the saved registers back and
-//! detaches: nothing of rcr is left in the process.
+//! `rcr restore` creates what processes share (pipes, shared memory), then
+//! forks the root with its saved PID (clone3 `set_tid`); each process forks
+//! its own children the same way, so all inherit those objects, and rcr
+//! traces every one from birth ([`restore::supervise`]). After two
+//! barriers (all forked; all in their sessions and groups) zombies die with
+//! their status and every other process reopens its files at their fd
+//! numbers, opens the files its VMAs map, then jumps into the restorer
+//! blob, copied into a bootstrap region that overlaps neither rcr's
+//! mappings nor the saved ones. The blob parks the vDSO, unmaps everything
+//! else, maps the saved VMAs and reads their pages in, moves the vDSO to
+//! its saved place, sets the mm fields and TLS, recreates the other threads
+//! with their TIDs, stops at an `int3`, and once rcr has seen every blob
+//! report, rt_sigreturns on a frame holding the saved registers and XSAVE
+//! area, as each thread does on its own. rcr catches every rt_sigreturn's
+//! exit, unmaps the bootstrap regions with one injected syscall each, sets
+//! the saved masks and detaches: nothing of rcr is left in the tree.
 //!
 //! ## Unsafe code
 //!
 //! Only [`infect`], [`arch`], [`sys`] and the restore child and bootstrap
-//! region ([`restore::child`], [`restore::bootstrap`], plus the clone3 call
-//! in [`restore`]) contain `unsafe`; each block states its invariant.
+//! region ([`restore::child`], [`restore::bootstrap`], plus the clone3 calls
+//! in [`restore`] and [`tree::restore`]) contain `unsafe`; each block states
+//! its invariant.
 #![deny(unsafe_code)]
 
 pub mod arch;

@@ -28,7 +28,8 @@ pub const TIMEOUT: Duration = Duration::from_secs(30);
 const POLL: Duration = Duration::from_millis(10);
 
 pub const RCR: &str = env!("CARGO_BIN_EXE_rcr");
-const VICTIMS: &[&str] = &["heap", "sparse", "filemap", "regfile", "fpu", "counter", "daemon", "badfd", "unsupported", "sigstate", "steady"];
+const VICTIMS: &[&str] =
+    &["heap", "sparse", "filemap", "regfile", "fpu", "counter", "daemon", "badfd", "unsupported", "sigstate", "steady", "threads", "tree"];
 const TMP_PREFIX: &str = "rcr-e2e-";
 
 /// Image files every successful dump of PID must leave behind.
@@ -57,7 +58,7 @@ fn bin_dir() -> &'static Path {
             .iter()
             .map(|v| {
                 let child = Command::new("gcc")
-                    .args(["-O2", "-g", "-Wall", "-Wextra", "-o"])
+                    .args(["-O2", "-g", "-Wall", "-Wextra", "-pthread", "-o"])
                     .arg(dir.join(v))
                     .arg(src.join(format!("{v}.c")))
                     .stdin(Stdio::null())
@@ -191,6 +192,69 @@ pub fn assert_runs_free(pid: i32, what: &str) {
     assert_eq!(tracer, "0", "{what}: pid {pid} is still traced (TracerPid {tracer})");
 }
 
+/// What /proc/PID/stat says about a process's place in the tree.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ProcStat {
+    /// R, S, D, T, t, Z, ...
+    pub state: char,
+    pub ppid: i32,
+    pub pgrp: i32,
+    pub session: i32,
+    pub threads: i64,
+}
+
+/// /proc/PID/stat of `pid`, or `None` if it is gone.
+pub fn proc_stat(pid: i32) -> Option<ProcStat> {
+    let f = stat_fields(pid);
+    let num = |i: usize| f.get(i).and_then(|v| v.parse::<i64>().ok());
+    Some(ProcStat {
+        state: f.first()?.chars().next()?,
+        ppid: num(1)? as i32,
+        pgrp: num(2)? as i32,
+        session: num(3)? as i32,
+        threads: num(17)?,
+    })
+}
+
+/// The thread ids in /proc/PID/task (empty if the process is gone).
+pub fn task_ids(pid: i32) -> std::collections::BTreeSet<i32> {
+    fs::read_dir(format!("/proc/{pid}/task"))
+        .map(|d| d.flatten().filter_map(|e| e.file_name().to_str().and_then(|n| n.parse().ok())).collect())
+        .unwrap_or_default()
+}
+
+/// The content of /proc/PID/task/TID/NAME, trimmed; `None` if unreadable.
+pub fn task_file(pid: i32, tid: i32, name: &str) -> Option<String> {
+    fs::read_to_string(format!("/proc/{pid}/task/{tid}/{name}")).ok().map(|s| s.trim().to_string())
+}
+
+/// The state letter of thread TID of PID (from its stat), if it exists.
+pub fn task_state(pid: i32, tid: i32) -> Option<char> {
+    let s = task_file(pid, tid, "stat")?;
+    s.rfind(')').and_then(|i| s[i + 1..].trim_start().chars().next())
+}
+
+/// The syscall number thread TID of PID is blocked in, from
+/// /proc/PID/task/TID/syscall; `None` if it is running or unreadable.
+pub fn task_syscall(pid: i32, tid: i32) -> Option<i64> {
+    task_file(pid, tid, "syscall")?.split_whitespace().next()?.parse().ok()
+}
+
+/// Waits until every PID of `pids` is gone, reaping those that are our
+/// (subreaper) children; a PID may also be reaped by someone else (PID 1).
+pub fn wait_pids_gone(pids: &[i32], what: &str) {
+    let mut left: Vec<i32> = pids.to_vec();
+    wait_until(&format!("{what} (pids {pids:?}) to be gone"), || {
+        left.retain(|&pid| {
+            let mut status = 0;
+            // SAFETY: waitpid on a specific PID; `status` is a valid out pointer.
+            let r = unsafe { libc::waitpid(pid, &mut status, libc::WNOHANG) };
+            r != pid && pid_exists(pid)
+        });
+        left.is_empty().then_some(())
+    });
+}
+
 fn readlink(p: impl AsRef<Path>) -> String {
     fs::read_link(p).map(|l| l.to_string_lossy().into_owned()).unwrap_or_else(|e| format!("<{e}>"))
 }
@@ -278,6 +342,47 @@ pub fn assert_same_snapshot(before: &Snapshot, after: &Snapshot, what: &str) {
         }
     }
     assert!(msg.is_empty(), "{what}: the process differs from outside:\n{msg}");
+}
+
+/// Snapshots of several processes (a tree, or one process with a pipe),
+/// with the inode numbers that a restore is free to change replaced by
+/// labels given in order of first appearance (pids in the order given, fds
+/// in order, then mappings in order): pipes (`pipe:[#1]`) and shared
+/// anonymous memory (`/dev/zero (deleted)` and SysV segments in maps).
+/// Equal labels before and after mean the same sharing: an fd still on the
+/// same pipe as the other fds that were on that pipe, a mapping still
+/// shared with the same mappings of the same processes. Mappings are
+/// compared exactly otherwise (rcr restores madvise flags, so neighbours
+/// the kernel kept apart stay apart).
+pub fn snapshot_group(pids: &[i32]) -> Vec<Snapshot> {
+    let mut pipes: BTreeMap<String, usize> = BTreeMap::new();
+    let mut shmem: BTreeMap<String, usize> = BTreeMap::new();
+    pids.iter()
+        .map(|&pid| {
+            let mut snap = snapshot(pid);
+            for v in snap.attrs.values_mut() {
+                if let Some(ino) = v.strip_prefix("pipe:[").and_then(|r| r.strip_suffix(']')) {
+                    let n = pipes.len() + 1;
+                    let label = *pipes.entry(ino.to_string()).or_insert(n);
+                    *v = format!("pipe:[#{label}]");
+                }
+            }
+            let mut maps = String::new();
+            for line in snap.maps.lines() {
+                let f: Vec<&str> = line.split_whitespace().collect();
+                let path = if f.len() > 5 { f[5..].join(" ") } else { String::new() };
+                if f.len() > 5 && f[1].ends_with('s') && (path == "/dev/zero (deleted)" || path.starts_with("/SYSV")) {
+                    let n = shmem.len() + 1;
+                    let label = *shmem.entry(format!("{} {}", f[3], f[4])).or_insert(n);
+                    let _ = writeln!(maps, "{} {} {} shmem#{label} {path}", f[0], f[1], f[2]);
+                } else {
+                    let _ = writeln!(maps, "{line}");
+                }
+            }
+            snap.maps = maps;
+            snap
+        })
+        .collect()
 }
 
 // ---------------------------------------------------------------------------
@@ -396,6 +501,9 @@ pub struct TestEnv {
     /// Set once a restore was started: the restored process is not our
     /// child, so Drop has to find it by PID (and checks it is ours first).
     restored_pid: Option<i32>,
+    /// More PIDs Drop kills (if they are ours): the other processes of a
+    /// tree, see [`TestEnv::track`].
+    tracked: Vec<i32>,
     /// Signal setup of the victims and of rcr (default: all SIG_DFL, none
     /// blocked).
     pub victim_opts: SpawnOpts,
@@ -427,6 +535,7 @@ impl TestEnv {
             pid: 0,
             restore: None,
             restored_pid: None,
+            tracked: Vec::new(),
             victim_opts: SpawnOpts::default(),
             rcr_opts: SpawnOpts::default(),
             runs: Vec::new(),
@@ -442,14 +551,58 @@ impl TestEnv {
     /// Starts victim `name` as `name GO_FILE args...`: stdin /dev/null,
     /// stdout and stderr the O_APPEND log.
     pub fn spawn_victim(&mut self, name: &str, args: &[&str], setsid: bool) -> i32 {
-        let log = fs::OpenOptions::new().create(true).append(true).mode(0o644).open(&self.log).expect("opening the victim log");
         let mut cmd = Command::new(victim_path(name));
-        cmd.arg(&self.go).args(args).stdin(Stdio::null()).stdout(log.try_clone().expect("dup log")).stderr(log);
+        cmd.arg(&self.go).args(args);
+        self.spawn_command(cmd, setsid)
+    }
+
+    /// Starts `cmd` (any program, e.g. an interpreter) as the victim: stdin
+    /// /dev/null, stdout and stderr the O_APPEND log, signals per
+    /// `victim_opts`. Drop kills it.
+    pub fn spawn_command(&mut self, mut cmd: Command, setsid: bool) -> i32 {
+        let log = fs::OpenOptions::new().create(true).append(true).mode(0o644).open(&self.log).expect("opening the victim log");
+        cmd.stdin(Stdio::null()).stdout(log.try_clone().expect("dup log")).stderr(log);
         prepare(&mut cmd, SpawnOpts { setsid, ..self.victim_opts });
-        let child = cmd.spawn().unwrap_or_else(|e| panic!("starting victim {name}: {e}"));
+        let child = cmd.spawn().unwrap_or_else(|e| panic!("starting victim {:?}: {e}", cmd.get_program()));
         self.pid = child.id() as i32;
         self.victim = Some(child);
         self.pid
+    }
+
+    /// Has Drop kill these PIDs too (the other processes of a victim tree),
+    /// each only if it is still ours then: its command line names this
+    /// test's dir (victims get the go file as argv[1]; children of a victim
+    /// inherit its command line), so a PID reused by another test's process
+    /// is left alone.
+    pub fn track(&mut self, pids: &[i32]) {
+        for &p in pids {
+            if p > 0 && p != self.pid && !self.tracked.contains(&p) {
+                self.tracked.push(p);
+            }
+        }
+    }
+
+    /// Whether `pid` is one of this test's processes: it runs one of our
+    /// binaries (a victim, rcr), its command line names this test's dir
+    /// (e.g. an interpreter running a script written there), or its parent
+    /// is this test process or our rcr restore.
+    pub fn is_ours(&self, pid: i32) -> bool {
+        if !pid_exists(pid) {
+            return false;
+        }
+        let exe = readlink(format!("/proc/{pid}/exe"));
+        let ppid = stat_fields(pid).get(1).and_then(|p| p.parse::<u32>().ok());
+        exe.starts_with(&*bin_dir().to_string_lossy())
+            || exe.starts_with(RCR)
+            || self.cmdline_names_dir(pid)
+            || ppid == Some(std::process::id())
+            || (ppid.is_some() && ppid == self.restore.as_ref().map(Child::id))
+    }
+
+    /// Whether the command line of `pid` contains this test's dir.
+    pub fn cmdline_names_dir(&self, pid: i32) -> bool {
+        let cmdline = fs::read(format!("/proc/{pid}/cmdline")).map(|b| String::from_utf8_lossy(&b).into_owned()).unwrap_or_default();
+        cmdline.contains(&*self.dir.to_string_lossy())
     }
 
     pub fn log_text(&self) -> String {
@@ -695,29 +848,24 @@ impl Drop for TestEnv {
             eprintln!("{}", self.report());
         }
         // The restored process is not our child until rcr restore dies; kill it
-        // by PID, but only if it is ours: it runs one of our binaries, or its
-        // parent is us or our rcr restore.
-        if let Some(pid) = self.restored_pid {
-            if pid_exists(pid) {
-                let exe = readlink(format!("/proc/{pid}/exe"));
-                let ppid = stat_fields(pid).get(1).and_then(|p| p.parse::<u32>().ok());
-                let ours = exe.starts_with(&*bin_dir().to_string_lossy())
-                    || exe.starts_with(RCR)
-                    || ppid == Some(std::process::id())
-                    || (ppid.is_some() && ppid == self.restore.as_ref().map(Child::id));
-                if ours {
-                    // SAFETY: kill(2) on a PID we checked runs our victim or rcr.
-                    unsafe { libc::kill(pid, libc::SIGKILL) };
-                }
+        // by PID, but only if it is ours (see is_ours). The same for the
+        // other processes of a tree.
+        let by_pid: Vec<i32> = self.restored_pid.into_iter().chain(self.tracked.iter().copied()).collect();
+        for &pid in &by_pid {
+            let ours = if Some(pid) == self.restored_pid { self.is_ours(pid) } else { self.cmdline_names_dir(pid) };
+            if ours {
+                // SAFETY: kill(2) on a PID we checked is one of this test's processes.
+                unsafe { libc::kill(pid, libc::SIGKILL) };
             }
         }
         for child in [self.restore.as_mut(), self.victim.as_mut()].into_iter().flatten() {
             let _ = child.kill();
             let _ = child.wait();
         }
-        // Reap the restored process if it ended up as our (subreaper) child.
-        if let Some(pid) = self.restored_pid {
-            let start = Instant::now();
+        // Reap the restored processes if they ended up as our (subreaper)
+        // children.
+        let start = Instant::now();
+        for pid in by_pid {
             while pid_exists(pid) && start.elapsed() < Duration::from_secs(2) {
                 let mut status = 0;
                 // SAFETY: waitpid on a specific PID with a valid out pointer.

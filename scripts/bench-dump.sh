@@ -86,7 +86,7 @@ dump() {
         || die "rcr dump --pages-via $2 of pid $1 failed; its log:"$'\n'"$(tail -20 "$3")"
 }
 
-median() { sort -g | awk '{v[NR] = $1} END {print (NR % 2) ? v[(NR + 1) / 2] : (v[NR / 2] + v[NR / 2 + 1]) / 2}'; }
+median() { sort -g | awk 'NF {v[++n] = $1} END {print (n % 2) ? v[(n + 1) / 2] : (v[n / 2] + v[n / 2 + 1]) / 2}'; }
 gbs() { awk -v s="$1" -v m="$MIB" 'BEGIN {printf "%.2f", m * 1048576 / 1e9 / s}'; }
 
 start_victim "$MIB"; BIG=$VPID

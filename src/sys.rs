@@ -161,15 +161,19 @@ pub fn zero_page_pfn() -> Option<u64> {
     })
 }
 
-/// A pipe (both ends close-on-exec), grown to `size` bytes if allowed.
-pub fn pipe(size: i32) -> std::io::Result<(OwnedFd, OwnedFd)> {
+fn pipe2(flags: i32) -> std::io::Result<(OwnedFd, OwnedFd)> {
     let mut fds = [0; 2];
     // SAFETY: pipe2 writes two new fds into `fds`.
-    cvt(unsafe { libc::pipe2(fds.as_mut_ptr(), libc::O_CLOEXEC) } as libc::c_long)?;
+    cvt(unsafe { libc::pipe2(fds.as_mut_ptr(), flags) } as libc::c_long)?;
     // SAFETY: both fds were just created and are owned by nobody else.
-    let (r, w) = unsafe { (OwnedFd::from_raw_fd(fds[0]), OwnedFd::from_raw_fd(fds[1])) };
-    // SAFETY: F_SETPIPE_SZ on our pipe; failure (above pipe-max-size) is harmless.
-    unsafe { libc::fcntl(fds[0], libc::F_SETPIPE_SZ, size) };
+    Ok(unsafe { (OwnedFd::from_raw_fd(fds[0]), OwnedFd::from_raw_fd(fds[1])) })
+}
+
+/// A pipe (both ends close-on-exec), grown to `size` bytes if allowed.
+pub fn pipe(size: i32) -> std::io::Result<(OwnedFd, OwnedFd)> {
+    let (r, w) = pipe2(libc::O_CLOEXEC)?;
+    // Failure (above pipe-max-size) is harmless: the pipe keeps its size.
+    let _ = set_pipe_size(std::os::fd::AsRawFd::as_raw_fd(&r), size);
     Ok((r, w))
 }
 
@@ -239,11 +243,7 @@ pub fn tee(from: RawFd, to: RawFd, len: usize) -> std::io::Result<usize> {
 
 /// A pipe whose ends are inherited across fork (no close-on-exec).
 pub fn pipe_inheritable() -> std::io::Result<(OwnedFd, OwnedFd)> {
-    let mut fds = [0; 2];
-    // SAFETY: pipe2 writes two new fds into `fds`.
-    cvt(unsafe { libc::pipe2(fds.as_mut_ptr(), 0) } as libc::c_long)?;
-    // SAFETY: both fds were just created and are owned by nobody else.
-    Ok(unsafe { (OwnedFd::from_raw_fd(fds[0]), OwnedFd::from_raw_fd(fds[1])) })
+    pipe2(0)
 }
 
 /// Moves `fd` to the lowest free number >= `min`, inheritable across fork.

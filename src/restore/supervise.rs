@@ -23,7 +23,7 @@ use std::io::Read;
 
 const NR_RT_SIGRETURN: u64 = 15;
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 enum Phase {
     /// Running rcr's code in the child (or the blob, before its report).
     Running,
@@ -55,6 +55,9 @@ struct Supervisor<'a> {
     tree: &'a Tree,
     spans: &'a [Option<RegionSpan>],
     tasks: HashMap<i32, Task>,
+    /// How many tasks are in each phase, leaders and threads apart: the
+    /// stage checks after each event are lookups, not scans of the tree.
+    counts: HashMap<(bool, Phase), usize>,
     tracees: HashMap<i32, Tracee>,
     err: std::fs::File,
 }
@@ -71,7 +74,11 @@ pub fn run(tree: &Tree, spans: &[Option<RegionSpan>], root: Tracee, err: std::fs
             tasks.insert(p.pid(), Task { proc_idx: i, leader: true, phase: Phase::Running, in_sigreturn: false });
         }
     }
-    let mut s = Supervisor { tree, spans, tasks, tracees: HashMap::new(), err };
+    let mut counts = HashMap::new();
+    for t in tasks.values() {
+        *counts.entry((t.leader, Phase::Running)).or_default() += 1;
+    }
+    let mut s = Supervisor { tree, spans, tasks, counts, tracees: HashMap::new(), err };
     s.tracees.insert(root.pid(), root);
     let result = s.drive().and_then(|()| s.finish());
     if let Err(e) = result {
@@ -103,7 +110,7 @@ pub fn kill_tree(tree: &Tree) {
 
 impl Supervisor<'_> {
     fn drive(&mut self) -> Result<()> {
-        while !self.all(|t| matches!(t.phase, Phase::Returned | Phase::Dead)) {
+        while self.count_any(&[Phase::Returned, Phase::Dead]) < self.tasks.len() {
             let (tid, stop) = crate::infect::wait_any().context("waiting for the restored tree")?;
             let Some(task) = self.tasks.get(&tid) else {
                 bail!("task {tid}, which is not in the image set, appeared during the restore");
@@ -125,7 +132,9 @@ impl Supervisor<'_> {
                 Stop::Signal(sig) => bail!("pid {} got signal {sig} during the restore", self.pid_of(tid)),
                 Stop::Syscall => self.syscall_stop(tid)?,
             }
-            if self.all(|t| matches!(t.phase, Phase::Reported | Phase::Dead) || !t.leader) && self.releasable() {
+            // Every blob reported, every zombie is dead, every thread waits.
+            let reported = self.count(true, Phase::Reported);
+            if reported > 0 && reported + self.count(true, Phase::Dead) == self.leaders() {
                 self.release()?;
             }
         }
@@ -148,7 +157,7 @@ impl Supervisor<'_> {
         let regs = self.tracee(tid)?.get_regs()?;
         if regs.rax == BARRIER_MAGIC {
             self.set(tid, Phase::AtBarrier(regs.rdi));
-            if self.all(|t| !t.leader || t.phase == Phase::AtBarrier(regs.rdi)) {
+            if self.count(true, Phase::AtBarrier(regs.rdi)) == self.leaders() {
                 self.pass_barrier(regs.rdi)?;
             }
             return Ok(());
@@ -172,11 +181,6 @@ impl Supervisor<'_> {
         Ok(())
     }
 
-    /// Every blob reported, every zombie is dead, every thread is waiting.
-    fn releasable(&self) -> bool {
-        self.tasks.values().any(|t| t.phase == Phase::Reported)
-    }
-
     /// Lets every leader go on to release its threads and rt_sigreturn,
     /// syscall by syscall.
     fn release(&mut self) -> Result<()> {
@@ -196,7 +200,7 @@ impl Supervisor<'_> {
         match entry {
             Some(nr) => task.in_sigreturn = nr == NR_RT_SIGRETURN,
             None if task.in_sigreturn => {
-                task.phase = Phase::Returned;
+                self.set(tid, Phase::Returned);
                 return Ok(());
             }
             None => {}
@@ -231,13 +235,26 @@ impl Supervisor<'_> {
         Ok(())
     }
 
-    fn all(&self, f: impl Fn(&Task) -> bool) -> bool {
-        self.tasks.values().all(f)
+    fn count(&self, leader: bool, phase: Phase) -> usize {
+        self.counts.get(&(leader, phase)).copied().unwrap_or(0)
+    }
+
+    /// Tasks, leaders and threads, in any of `phases`.
+    fn count_any(&self, phases: &[Phase]) -> usize {
+        phases.iter().map(|&p| self.count(true, p) + self.count(false, p)).sum()
+    }
+
+    fn leaders(&self) -> usize {
+        self.tree.procs.len()
     }
 
     fn set(&mut self, tid: i32, phase: Phase) {
         if let Some(t) = self.tasks.get_mut(&tid) {
+            if let Some(n) = self.counts.get_mut(&(t.leader, t.phase)) {
+                *n -= 1;
+            }
             t.phase = phase;
+            *self.counts.entry((t.leader, phase)).or_default() += 1;
         }
     }
 

@@ -111,25 +111,6 @@ static _Atomic int failures, go_flag, sleep_stop;
 static _Atomic uint32_t futex_word;
 static int rpipe[2];
 
-/* One line, one write(): threads print concurrently into an O_APPEND log. */
-__attribute__((format(printf, 1, 2)))
-static void say(const char *fmt, ...)
-{
-	char buf[512];
-	va_list ap;
-	int n;
-
-	va_start(ap, fmt);
-	n = vsnprintf(buf, sizeof(buf) - 1, fmt, ap);
-	va_end(ap);
-	if (n < 0)
-		return;
-	if (n > (int)sizeof(buf) - 2)
-		n = sizeof(buf) - 2;
-	buf[n++] = '\n';
-	if (write(1, buf, n) < 0)
-		return;
-}
 
 #define bad(fmt, ...)                                                                          \
 	do {                                                                                   \

@@ -101,24 +101,6 @@ static const char *go_file;
 static int failures;
 static char tree_line[256]; /* R: printed with READY */
 
-__attribute__((format(printf, 1, 2)))
-static void say(const char *fmt, ...)
-{
-	char buf[512];
-	va_list ap;
-	int n;
-
-	va_start(ap, fmt);
-	n = vsnprintf(buf, sizeof(buf) - 1, fmt, ap);
-	va_end(ap);
-	if (n < 0)
-		return;
-	if (n > (int)sizeof(buf) - 2)
-		n = sizeof(buf) - 2;
-	buf[n++] = '\n';
-	if (write(1, buf, n) < 0)
-		return;
-}
 
 #define bad(fmt, ...)                                                                                  \
 	do {                                                                                           \

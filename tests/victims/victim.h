@@ -53,6 +53,29 @@ static inline int go_exists(const char *go)
 	return access(go, F_OK) == 0;
 }
 
+/*
+ * Print one line with a single write(): threads and processes print
+ * concurrently into the O_APPEND log, and stdio buffers are not shared.
+ */
+__attribute__((format(printf, 1, 2)))
+static inline void say(const char *fmt, ...)
+{
+	char buf[512];
+	va_list ap;
+	int n;
+
+	va_start(ap, fmt);
+	n = vsnprintf(buf, sizeof(buf) - 1, fmt, ap);
+	va_end(ap);
+	if (n < 0)
+		return;
+	if (n > (int)sizeof(buf) - 2)
+		n = sizeof(buf) - 2;
+	buf[n++] = '\n';
+	if (write(1, buf, n) < 0)
+		return;
+}
+
 /* Print "FAIL: ..." and exit 1. */
 __attribute__((noreturn, format(printf, 1, 2)))
 static inline void fail(const char *fmt, ...)

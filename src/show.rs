@@ -82,6 +82,7 @@ enum Body {
     Fdinfo(Vec<pb::FdEntry>),
     Fs(Vec<pb::Fs>),
     Pipes(Vec<pb::PipeEntry>),
+    Fds(Vec<pb::FileDesc>),
 }
 
 /// What a pages file holds: its header was checked, the rest is raw pages.
@@ -115,6 +116,7 @@ fn decode_body(path: &Path, kind: Kind, raw: &[Vec<u8>]) -> Result<Body> {
         Kind::Fdinfo => Body::Fdinfo(images::decode_entries(path, kind, raw)?),
         Kind::Fs => Body::Fs(images::decode_entries(path, kind, raw)?),
         Kind::Pipes => Body::Pipes(images::decode_entries(path, kind, raw)?),
+        Kind::Fds => Body::Fds(images::decode_entries(path, kind, raw)?),
         Kind::Pages => bail!("{}: a pages file holds raw pages, not entries", path.display()),
     })
 }
@@ -165,6 +167,7 @@ enum JsonEntries<'a> {
     Fdinfo(&'a [pb::FdEntry]),
     Fs(&'a [pb::Fs]),
     Pipes(&'a [pb::PipeEntry]),
+    Fds(&'a [pb::FileDesc]),
     None([u8; 0]),
 }
 
@@ -189,6 +192,7 @@ fn json_file<'a>(file: &'a str, kind: Kind, body: &'a Body) -> JsonFile<'a> {
         Body::Fdinfo(v) => (JsonEntries::Fdinfo(v), None),
         Body::Fs(v) => (JsonEntries::Fs(v), None),
         Body::Pipes(v) => (JsonEntries::Pipes(v), None),
+        Body::Fds(v) => (JsonEntries::Fds(v), None),
         Body::Pages(s) => (JsonEntries::None([]), Some(s)),
     };
     JsonFile { file, kind: format!("{kind:?}"), entries, pages }
@@ -233,6 +237,7 @@ fn fmt_file(o: &mut String, name: &str, kind: Kind, body: &Body) -> fmt::Result 
         Body::Fdinfo(v) => fmt_entries(o, name, kind, v, fmt_fd),
         Body::Fs(v) => fmt_entries(o, name, kind, v, fmt_fs),
         Body::Pipes(v) => fmt_entries(o, name, kind, v, fmt_pipe),
+        Body::Fds(v) => fmt_entries(o, name, kind, v, fmt_desc),
     }
 }
 
@@ -289,7 +294,18 @@ fn fmt_core(o: &mut String, e: &pb::TaskCore) -> fmt::Result {
 }
 
 fn fmt_pipe(o: &mut String, e: &pb::PipeEntry) -> fmt::Result {
-    writeln!(o, "id {}  pipe:[{}]  size {}  {} bytes buffered  flags r {:#o} w {:#o}", e.id, e.inode, e.size, e.data.len(), e.read_flags, e.write_flags)
+    writeln!(o, "id {}  pipe:[{}]  size {}  {} bytes buffered", e.id, e.inode, e.size, e.data.len())
+}
+
+fn fmt_desc(o: &mut String, e: &pb::FileDesc) -> fmt::Result {
+    use pb::file_desc::Kind as K;
+    let kind = match &e.kind {
+        Some(K::RegFileId(id)) => format!("file {id}"),
+        Some(K::Pipe(p)) => format!("pipe {} ({} end)", p.pipe_id, if p.write { "write" } else { "read" }),
+        Some(k) => format!("{k:?}"),
+        None => "?".to_string(),
+    };
+    writeln!(o, "id {}  {kind}  flags {}  pos {}  ({})", e.id, open_flags(e.flags), e.pos, e.link)
 }
 
 /// Names of the results the syscall-restart rule cares about.
@@ -483,12 +499,7 @@ fn open_flags(flags: u32) -> String {
 }
 
 fn fmt_fd(o: &mut String, e: &pb::FdEntry) -> fmt::Result {
-    let target = match (e.pipe_id, e.pipe_write) {
-        (0, _) => format!("file {}", e.file_id),
-        (id, true) => format!("pipe {id} (write end)"),
-        (id, false) => format!("pipe {id} (read end)"),
-    };
-    writeln!(o, "fd {} -> {target}{}", e.fd, if e.cloexec { "  cloexec" } else { "" })
+    writeln!(o, "fd {} -> description {}{}", e.fd, e.desc_id, if e.cloexec { "  cloexec" } else { "" })
 }
 
 fn fmt_fs(o: &mut String, e: &pb::Fs) -> fmt::Result {

@@ -228,6 +228,11 @@ pub fn set_pipe_size(fd: RawFd, size: i32) -> std::io::Result<()> {
 }
 
 /// F_SETFL.
+pub fn status_flags(fd: RawFd) -> std::io::Result<i32> {
+    // SAFETY: fcntl F_GETFL on a fd the caller owns.
+    cvt(unsafe { libc::fcntl(fd, libc::F_GETFL) } as libc::c_long).map(|f| f as i32)
+}
+
 pub fn set_status_flags(fd: RawFd, flags: i32) -> std::io::Result<()> {
     // SAFETY: fcntl with integer arguments on a fd the caller owns.
     cvt(unsafe { libc::fcntl(fd, libc::F_SETFL, flags) } as libc::c_long)?;
@@ -292,4 +297,59 @@ pub fn dup_to(fd: RawFd, want: RawFd, cloexec: bool) -> std::io::Result<()> {
 pub fn dup(fd: RawFd) -> std::io::Result<RawFd> {
     // SAFETY: dup of a fd the caller owns creates a new one.
     Ok(cvt(unsafe { libc::dup(fd) } as libc::c_long)? as RawFd)
+}
+
+/// kcmp(2) type: are two fds the same open file description?
+pub const KCMP_FILE: i32 = 0;
+
+/// kcmp(2): 0 if the objects are the same, 1 or 2 for an order (less,
+/// greater) that is stable but says nothing else.
+pub fn kcmp(pid1: i32, pid2: i32, kind: i32, idx1: u64, idx2: u64) -> std::io::Result<i32> {
+    // SAFETY: kcmp only compares kernel objects; for the kinds that take a
+    // pointer (KCMP_EPOLL_TFD) the caller passes a valid one as idx2.
+    cvt(unsafe { libc::syscall(libc::SYS_kcmp, pid1, pid2, kind, idx1, idx2) }).map(|r| r as i32)
+}
+
+/// Whether two of rcr's own fds refer to one open file description.
+pub fn same_description(a: RawFd, b: RawFd) -> std::io::Result<bool> {
+    let me = std::process::id() as i32;
+    Ok(kcmp(me, me, KCMP_FILE, a as u64, b as u64)? == 0)
+}
+
+/// Raises RLIMIT_NOFILE's soft limit to its hard limit: rcr holds a copy
+/// of every open file description of the tree while it dumps, and every
+/// description of the tree while it restores.
+pub fn raise_nofile() {
+    let mut r = libc::rlimit { rlim_cur: 0, rlim_max: 0 };
+    // SAFETY: getrlimit/setrlimit on rcr itself with a valid struct.
+    unsafe {
+        if libc::getrlimit(libc::RLIMIT_NOFILE, &mut r) == 0 && r.rlim_cur < r.rlim_max {
+            let _ = NOFILE_SOFT.set(r.rlim_cur);
+            r.rlim_cur = r.rlim_max;
+            libc::setrlimit(libc::RLIMIT_NOFILE, &r);
+        }
+    }
+}
+
+/// RLIMIT_NOFILE's soft limit before [`raise_nofile`].
+static NOFILE_SOFT: std::sync::OnceLock<libc::rlim_t> = std::sync::OnceLock::new();
+
+/// Puts back the soft limit [`raise_nofile`] raised (in a restore child,
+/// which must not keep rcr's raised limit).
+pub fn lower_nofile() {
+    let Some(&soft) = NOFILE_SOFT.get() else { return };
+    let mut r = libc::rlimit { rlim_cur: 0, rlim_max: 0 };
+    // SAFETY: as in raise_nofile.
+    unsafe {
+        if libc::getrlimit(libc::RLIMIT_NOFILE, &mut r) == 0 {
+            r.rlim_cur = soft;
+            libc::setrlimit(libc::RLIMIT_NOFILE, &r);
+        }
+    }
+}
+
+/// Takes ownership of a new fd a syscall wrapper returned as a number.
+pub fn own(fd: RawFd) -> OwnedFd {
+    // SAFETY: callers pass fds they just created and nothing else owns.
+    unsafe { OwnedFd::from_raw_fd(fd) }
 }

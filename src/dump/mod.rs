@@ -20,8 +20,7 @@
 //! detaches): the tree carries on as if nothing happened.
 //! [`fault::point`]s mark where the tests kill rcr.
 use crate::arch::cur as arch;
-use crate::files::pipe::PipeTable;
-use crate::files::{self, FileTable};
+use crate::files::{self, fds::DumpCx};
 use crate::images::pages::{PageFile, PageSink};
 use crate::images::{pb, ImageDir, Kind, FORMAT_VERSION, PAGE_SIZE};
 use crate::infect::parasite::{self, Parasite};
@@ -65,15 +64,9 @@ struct Collected {
     fs: pb::Fs,
 }
 
-/// What the processes of a tree share: files and pipes, by id.
-#[derive(Debug, Default)]
-struct Shared {
-    files: FileTable,
-    pipes: PipeTable,
-}
-
 pub fn run(o: &Options) -> Result<()> {
     preflight(o.pid)?;
+    crate::sys::raise_nofile();
     let frozen = tree::dump::freeze(o.pid, o.scope)?;
     fault::point("target seized");
     let dir = ImageDir::create(&o.dir)?;
@@ -98,7 +91,7 @@ pub fn run(o: &Options) -> Result<()> {
 fn dump_tree(frozen: &Frozen, dir: &ImageDir, o: &Options) -> Result<()> {
     let pstree: Vec<pb::PstreeEntry> = frozen.procs.iter().map(Process::pstree).collect();
     tree::plan(&pstree)?;
-    let mut shared = Shared::default();
+    let mut shared = DumpCx::default();
     let mut xsave_size = 0;
     for p in &frozen.procs {
         match p.state {
@@ -113,7 +106,7 @@ fn dump_tree(frozen: &Frozen, dir: &ImageDir, o: &Options) -> Result<()> {
         }
     }
     let pids: Vec<i32> = frozen.procs.iter().map(|p| p.pid).collect();
-    shared.pipes.check_complete(&pids)?;
+    files::fds::finish(&shared, &pids)?;
     write_tree_images(dir, o.pid, &pstree, &shared, xsave_size)
 }
 
@@ -142,7 +135,7 @@ fn preflight(pid: i32) -> Result<()> {
 }
 
 /// Dumps one live process of the frozen tree; returns its XSAVE size.
-fn dump_process(p: &Process, is_root: bool, dir: &ImageDir, shared: &mut Shared, via: PagesVia) -> Result<usize> {
+fn dump_process(p: &Process, is_root: bool, dir: &ImageDir, shared: &mut DumpCx, via: PagesVia) -> Result<usize> {
     let leader = p.leader().context("a live process without threads")?;
     let pid = p.pid;
     parasite::remove_leftovers(leader)?;
@@ -180,7 +173,7 @@ fn check_credentials(pid: i32, status: &HashMap<String, String>) -> Result<()> {
     Ok(())
 }
 
-fn collect(t: &Tracee, p: &mut Parasite, shared: &mut Shared, is_root: bool) -> Result<Collected> {
+fn collect(t: &Tracee, p: &mut Parasite, shared: &mut DumpCx, is_root: bool) -> Result<Collected> {
     let pid = t.pid();
     let st = proc::stat(pid)?;
     let status = proc::status(pid)?;
@@ -194,17 +187,16 @@ fn collect(t: &Tracee, p: &mut Parasite, shared: &mut Shared, is_root: bool) -> 
     core.sig_ignored = core.sigactions.iter().filter(|a| a.handler == 1).fold(0, |m, a| m | 1u64 << (a.signo - 1));
     let [real, virt, prof] = p.itimers()?.try_into().map_err(|_| anyhow::anyhow!("itimers: wrong count"))?;
     (core.itimer_real, core.itimer_virtual, core.itimer_prof) = (itimer(real), itimer(virt), itimer(prof));
-    let files = &mut shared.files;
     let (region, region_len) = p.region();
     let mut maps = proc::smaps(pid)?;
     maps.retain(|m| m.end <= region || m.start >= region + region_len);
-    let vmas = mm::dump::vmas(pid, &maps, files)?;
-    let exe = files::dump::describe(&proc::path(pid, "exe"), "exe link", None)?;
-    let exe_id = files.add_shared(pb::RegFile { flags: libc::O_RDONLY as u32, ..exe });
+    let vmas = mm::dump::vmas(pid, &maps, &mut shared.files)?;
+    let exe = files::reg::describe(&proc::path(pid, "exe"), "exe link", None)?;
+    let exe_id = shared.files.add_shared(pb::RegFile { flags: libc::O_RDONLY as u32, ..exe });
     let brk = misc.brk;
     let mm = mm::dump::mm_fields(&st, brk, mm::dump::auxv(pid)?, exe_id, vmas);
-    let fds = files::dump::dump_fds(pid, task_fds(p, pid)?, files, &mut shared.pipes)?;
-    let fs = files::dump::dump_fs(pid, &status)?;
+    let fds = files::fds::dump_fds(pid, task_fds(p, pid)?, shared)?;
+    let fs = files::fs::dump(pid, &status)?;
     Ok(Collected { core, mm, fds, fs })
 }
 
@@ -341,9 +333,8 @@ fn write_images(pid: u32, dir: &ImageDir, c: &Collected, pagemap: &[pb::PagemapE
 }
 
 /// The images of the tree as a whole; the inventory last.
-fn write_tree_images(dir: &ImageDir, root: i32, pstree: &[pb::PstreeEntry], shared: &Shared, xsave_size: usize) -> Result<()> {
-    dir.write_all(Kind::Files, None, &shared.files.files)?;
-    dir.write_all(Kind::Pipes, None, &shared.pipes.pipes)?;
+fn write_tree_images(dir: &ImageDir, root: i32, pstree: &[pb::PstreeEntry], shared: &DumpCx, xsave_size: usize) -> Result<()> {
+    files::fds::write_images(dir, shared)?;
     dir.write_all(Kind::Pstree, None, pstree)?;
     let inv = pb::Inventory {
         format_version: FORMAT_VERSION,

@@ -1,8 +1,20 @@
-//! Files: fds, their open files, cwd and root; also the files that VMAs
-//! and the exe link refer to (all in files.img, by id).
-pub mod dump;
+//! Files: fds and the open file descriptions behind them ([`fds`]), one
+//! module per kind of file with its dump and restore side by side; cwd,
+//! root and umask ([`fs`]); and the path-addressable files that fds, VMAs
+//! and the exe link refer to ([`reg`], files.img, by id).
+pub mod epoll;
+pub mod eventfd;
+pub mod fds;
+pub mod fifo;
+pub mod fs;
+pub mod ghost;
+pub mod inotify;
+pub mod memfd;
 pub mod pipe;
-pub mod restore;
+pub mod reg;
+pub mod signalfd;
+pub mod timerfd;
+pub mod unix;
 
 use crate::images::pb::RegFile;
 

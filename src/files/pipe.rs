@@ -6,21 +6,17 @@
 //! other end a process outside the tree holds is refused: that end cannot
 //! be reconnected. An end nobody holds stays closed.
 //!
-//! Restore: rcr creates every pipe before forking the tree, fills it, and
-//! every restored process inherits all of them; each process dup2s the ends
-//! it had to its fd numbers and closes the rest, so processes that shared a
-//! pipe share it again.
-use crate::images::pb::PipeEntry;
+//! Restore: rcr creates every pipe before forking the tree and fills it;
+//! its two ends are the descriptions the fds refer to ([`super::fds`]).
+use super::fds::{CreateCx, Fd};
+use crate::images::pb::{file_desc::Kind, FileDesc, PipeEnd, PipeEntry};
 use crate::sys;
 use anyhow::{bail, Context, Result};
 use std::collections::HashMap;
 use std::fs::File;
 use std::io::Read;
-use std::os::fd::{AsRawFd, RawFd};
+use std::os::fd::AsRawFd;
 use std::os::unix::fs::OpenOptionsExt;
-
-/// File status flags of a pipe end worth restoring.
-const END_FLAGS: u32 = (libc::O_NONBLOCK | libc::O_DIRECT) as u32;
 
 /// The pipes of a tree being dumped.
 #[derive(Debug, Default)]
@@ -39,9 +35,8 @@ pub fn pipe_inode(link: &str) -> Option<u64> {
 impl PipeTable {
     /// Records fd `fd` of `pid`, an end of pipe `inode` opened with
     /// `flags` (from fdinfo); `file` is the task's open file. Returns the
-    /// pipe id and whether this is the write end.
-    pub fn add(&mut self, pid: i32, fd: i32, file: &File, inode: u64, flags: u32) -> Result<(u32, bool)> {
-        let write = flags & libc::O_ACCMODE as u32 == libc::O_WRONLY as u32;
+    /// pipe id.
+    pub fn add(&mut self, pid: i32, fd: i32, file: &File, inode: u64, write: bool) -> Result<u32> {
         let id = match self.by_inode.get(&inode) {
             Some(&id) => id,
             None => {
@@ -49,19 +44,13 @@ impl PipeTable {
                 let size = sys::pipe_size(file.as_raw_fd()).with_context(|| format!("{}: F_GETPIPE_SZ", what()))?;
                 let data = peek(file, write, size).with_context(what)?;
                 let id = self.pipes.len() as u32 + 1;
-                self.pipes.push(PipeEntry { id, inode, size: size as u32, data, read_flags: 0, write_flags: 0 });
+                self.pipes.push(PipeEntry { id, inode, size: size as u32, data });
                 self.by_inode.insert(inode, id);
                 id
             }
         };
-        let e = &mut self.pipes[id as usize - 1];
-        if write {
-            e.write_flags = flags & END_FLAGS;
-        } else {
-            e.read_flags = flags & END_FLAGS;
-        }
         self.holders.entry(id).or_default()[write as usize].get_or_insert_with(|| format!("pid {pid} fd {fd}"));
-        Ok((id, write))
+        Ok(id)
     }
 
     /// Refuses a pipe whose other end a process outside the tree (`tree`:
@@ -130,24 +119,46 @@ fn peek(file: &File, write_end: bool, size: i32) -> Result<Vec<u8>> {
     Ok(data)
 }
 
-/// Creates every pipe with its size, bytes and end flags, both ends at fd
-/// numbers >= `min` and inheritable. Returns (read, write) by pipe id.
-pub fn create_all(pipes: &[PipeEntry], min: RawFd) -> Result<HashMap<u32, (RawFd, RawFd)>> {
-    let mut out = HashMap::new();
-    for p in pipes {
-        let what = || format!("pipes.img: pipe {} (pipe:[{}])", p.id, p.inode);
-        if p.data.len() > p.size as usize {
-            bail!("{}: {} bytes buffered in a pipe of {} bytes", what(), p.data.len(), p.size);
+/// Dump side of one pipe end (seen for the first time).
+pub fn dump(f: &Fd, pipes: &mut PipeTable) -> Result<Kind> {
+    let inode = pipe_inode(&f.link).ok_or_else(|| f.refuse("unexpected pipe link"))?;
+    let write = f.flags() & libc::O_ACCMODE as u32 == libc::O_WRONLY as u32;
+    let pipe_id = pipes.add(f.pid, f.fd, f.file, inode, write)?;
+    Ok(Kind::Pipe(PipeEnd { pipe_id, write }))
+}
+
+/// Creates every pipe an end of which a description refers to, with its
+/// size and bytes; its ends become those descriptions.
+pub fn create(descs: &[&FileDesc], cx: &mut CreateCx) -> Result<()> {
+    let mut ends: HashMap<u32, [Option<u32>; 2]> = HashMap::new();
+    for d in descs {
+        let Some(Kind::Pipe(e)) = &d.kind else { continue };
+        let slot = &mut ends.entry(e.pipe_id).or_default()[e.write as usize];
+        if let Some(other) = slot.replace(d.id) {
+            bail!("fds.img: descriptions {other} and {} are both the {} end of pipe {}", d.id, if e.write { "write" } else { "read" }, e.pipe_id);
         }
-        let (r, w) = sys::pipe_inheritable().with_context(what)?;
-        sys::set_pipe_size(r.as_raw_fd(), p.size as i32).with_context(|| format!("{}: F_SETPIPE_SZ {}", what(), p.size))?;
-        let mut wf = File::from(w);
-        std::io::Write::write_all(&mut wf, &p.data).with_context(|| format!("{}: refilling its bytes", what()))?;
-        sys::set_status_flags(r.as_raw_fd(), p.read_flags as i32).with_context(what)?;
-        sys::set_status_flags(wf.as_raw_fd(), p.write_flags as i32).with_context(what)?;
-        let r = sys::move_above(r, min).with_context(what)?;
-        let w = sys::move_above(wf.into(), min).with_context(what)?;
-        out.insert(p.id, (r, w));
     }
-    Ok(out)
+    for (pipe_id, [r_id, w_id]) in ends {
+        let p = cx.images.pipes.iter().find(|p| p.id == pipe_id).with_context(|| format!("pipes.img: no pipe {pipe_id}"))?;
+        let (r, w) = make(p)?;
+        for (id, end) in [(r_id, r), (w_id, w)] {
+            if let Some(id) = id {
+                cx.out.insert(id, end);
+            }
+        }
+    }
+    Ok(())
+}
+
+/// One pipe with its size and buffered bytes.
+fn make(p: &PipeEntry) -> Result<(std::os::fd::OwnedFd, std::os::fd::OwnedFd)> {
+    let what = || format!("pipes.img: pipe {} (pipe:[{}])", p.id, p.inode);
+    if p.data.len() > p.size as usize {
+        bail!("{}: {} bytes buffered in a pipe of {} bytes", what(), p.data.len(), p.size);
+    }
+    let (r, w) = sys::pipe_inheritable().with_context(what)?;
+    sys::set_pipe_size(r.as_raw_fd(), p.size as i32).with_context(|| format!("{}: F_SETPIPE_SZ {}", what(), p.size))?;
+    let mut wf = File::from(w);
+    std::io::Write::write_all(&mut wf, &p.data).with_context(|| format!("{}: refilling its bytes", what()))?;
+    Ok((r, wf.into()))
 }

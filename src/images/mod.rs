@@ -27,7 +27,7 @@ use std::io::{BufReader, BufWriter, Read, Write};
 use std::path::{Path, PathBuf};
 
 /// Version of the image format this build writes and reads.
-pub const FORMAT_VERSION: u32 = 1;
+pub const FORMAT_VERSION: u32 = 2;
 /// Largest single message accepted from an image (a guard against hostile
 /// or corrupt input).
 pub const MAX_ENTRY: u32 = 64 << 20;
@@ -46,11 +46,12 @@ pub enum Kind {
     Fdinfo,
     Fs,
     Pipes,
+    Fds,
 }
 
 impl Kind {
-    pub const ALL: [Kind; 10] =
-        [Kind::Inventory, Kind::Pstree, Kind::Core, Kind::Mm, Kind::Pagemap, Kind::Pages, Kind::Files, Kind::Fdinfo, Kind::Fs, Kind::Pipes];
+    pub const ALL: [Kind; 11] =
+        [Kind::Inventory, Kind::Pstree, Kind::Core, Kind::Mm, Kind::Pagemap, Kind::Pages, Kind::Files, Kind::Fdinfo, Kind::Fs, Kind::Pipes, Kind::Fds];
 
     /// The magic: four ASCII bytes, stored as they read.
     pub fn magic(self) -> [u8; 4] {
@@ -65,6 +66,7 @@ impl Kind {
             Kind::Fdinfo => b"RFDS",
             Kind::Fs => b"RFS_",
             Kind::Pipes => b"RPIP",
+            Kind::Fds => b"RDSC",
         }
     }
 
@@ -81,11 +83,12 @@ impl Kind {
             Kind::Fdinfo => "fdinfo",
             Kind::Fs => "fs",
             Kind::Pipes => "pipes",
+            Kind::Fds => "fds",
         }
     }
 
     pub fn per_process(self) -> bool {
-        !matches!(self, Kind::Inventory | Kind::Pstree | Kind::Files | Kind::Pipes)
+        !matches!(self, Kind::Inventory | Kind::Pstree | Kind::Files | Kind::Pipes | Kind::Fds)
     }
 
     pub fn from_magic(m: [u8; 4]) -> Option<Kind> {

@@ -11,7 +11,7 @@
 //! | shared file       | none: the file holds the content                   |
 //! | vDSO, vvar        | none: the kernel provides them                     |
 use super::*;
-use crate::files::{dump::describe, FileTable};
+use crate::files::{reg::describe, FileTable};
 use crate::images::pages::PageSink;
 use crate::images::pb::{Mm, Vma};
 use crate::images::PAGE_SIZE;

@@ -51,7 +51,7 @@ pub fn plan(mm: &Mm, pagemap: &[PagemapEntry], files: &FileTable, self_maps: &[M
         }
         if matches!(kind, VmaKind::VmaFilePrivate | VmaKind::VmaFileShared) {
             let f = files.get(v.file_id).with_context(|| format!("mm image: vma {i} ({:#x}) refers to unknown file id {}", v.start, v.file_id))?;
-            use crate::files::restore::{check, Content};
+            use crate::files::reg::{check, Content};
             let content = if kind == VmaKind::VmaFilePrivate { Content::Unchanged } else { Content::MayChange };
             check(&format!("mapping {:#x}-{:#x}", v.start, v.end), f, content)?;
         }

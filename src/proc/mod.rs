@@ -167,11 +167,13 @@ pub fn maps(pid: i32) -> Result<Vec<MapEntry>> {
 pub struct FdInfo {
     pub pos: u64,
     pub flags: u32,
+    /// The whole file, for the kind-specific lines (eventfd-count, tfd...).
+    pub text: String,
 }
 
 pub fn fdinfo(pid: i32, fd: i32) -> Result<FdInfo> {
     let s = read_string(pid, &format!("fdinfo/{fd}"))?;
-    let mut info = FdInfo::default();
+    let mut info = FdInfo { text: s.clone(), ..Default::default() };
     for l in s.lines() {
         if let Some(v) = l.strip_prefix("pos:") {
             info.pos = v.trim().parse().with_context(|| format!("fdinfo {fd} pos"))?;

@@ -70,7 +70,7 @@ fn become_process(tree: &Tree, idx: usize, regions: &mut [Option<Region>], inher
     };
     wait_for_zombies(tree, p)?;
     let region = regions[idx].as_mut().context("no bootstrap region")?;
-    prepare(l, &tree.files, region, inherited, sync)?;
+    prepare(l, &tree.files, &tree.fd_images, region, inherited, sync)?;
     crate::sys::close(sync.err_write);
     // SAFETY: single-threaded child, signals blocked, traced by rcr since
     // before its birth (the root: since the go byte), fds filled in by
@@ -138,13 +138,16 @@ fn wait_for_zombies(tree: &Tree, p: &Proc) -> Result<()> {
     Ok(())
 }
 
-fn prepare(l: &Loaded, files: &FileTable, region: &mut Region, inherited: &Inherited, sync: &Sync) -> Result<()> {
+fn prepare(l: &Loaded, files: &FileTable, fd_images: &files::fds::Images, region: &mut Region, inherited: &Inherited, sync: &Sync) -> Result<()> {
     // SAFETY: personality(2) with a value the task had.
     unsafe { libc::personality(l.core.personality as libc::c_ulong) };
-    files::restore::restore_fs(&l.fs)?;
+    files::fs::restore(&l.fs)?;
     let mut keep = inherited.fds();
     keep.push(sync.err_write);
-    files::restore::restore_fds(&l.fds, files, &keep, &inherited.pipes)?;
+    crate::sys::close_all_except(&keep)?;
+    files::fds::place(&l.fds, &inherited.descs)?;
+    files::fds::after_fds(l.core.pid as i32, &l.fds, fd_images)?;
+    crate::sys::lower_nofile();
     open_mapping_fds(l, files, region, inherited)?;
     inherited.close_all();
     nix::sys::prctl::set_name(&std::ffi::CString::new(l.core.comm.as_bytes()).unwrap_or_default()).context("PR_SET_NAME")?;
@@ -217,7 +220,7 @@ fn open_mapping_fds(l: &Loaded, files: &FileTable, region: &mut Region, inherite
             Some(fd) => *fd,
             None => {
                 let f = files.get(*id).with_context(|| format!("file id {id}"))?;
-                let fd = files::restore::open(f, f.flags).with_context(|| format!("mapping {}", f.path))?;
+                let fd = files::reg::open(f, f.flags).with_context(|| format!("mapping {}", f.path))?;
                 by_id.insert(*id, fd);
                 fd
             }
@@ -228,7 +231,7 @@ fn open_mapping_fds(l: &Loaded, files: &FileTable, region: &mut Region, inherite
     }
     let pages = std::fs::File::open(&l.pages_path).with_context(|| format!("opening {}", l.pages_path.display()))?;
     let exe = files.get(l.plan.exe_file_id).context("exe file")?;
-    let exe_fd = files::restore::open(exe, libc::O_RDONLY as u32).with_context(|| format!("exe {}", exe.path))?;
+    let exe_fd = files::reg::open(exe, libc::O_RDONLY as u32).with_context(|| format!("exe {}", exe.path))?;
     region.set_fds(pages.into_raw_fd(), exe_fd);
     Ok(())
 }

@@ -87,15 +87,16 @@ impl Proc {
 pub struct Tree {
     pub procs: Vec<Proc>,
     pub files: FileTable,
-    pub pipes: Vec<pb::PipeEntry>,
+    /// Open file descriptions and what they refer to (fds.img, pipes.img...).
+    pub fd_images: crate::files::fds::Images,
 }
 
 /// What rcr creates before forking, inherited by every restored process
-/// at fd numbers above all of theirs: pipes (read, write) by pipe id,
-/// shared anonymous memory objects by their saved inode.
+/// at fd numbers above all of theirs: the open file descriptions by id
+/// (fds.img), shared anonymous memory objects by their saved inode.
 #[derive(Debug, Default)]
 pub struct Inherited {
-    pub pipes: HashMap<u32, (RawFd, RawFd)>,
+    pub descs: HashMap<u32, RawFd>,
     pub shmem: HashMap<u64, RawFd>,
 }
 
@@ -103,7 +104,7 @@ impl Inherited {
     fn create(tree: &Tree) -> Result<Inherited> {
         let live = || tree.procs.iter().filter_map(|p| p.live.as_ref());
         let min = 1 + live().flat_map(|l| l.fds.iter().map(|f| f.fd as RawFd)).max().unwrap_or(2).max(2);
-        let pipes = crate::files::pipe::create_all(&tree.pipes, min)?;
+        let descs = crate::files::fds::create_all(&tree.fd_images, &tree.files, min)?;
         let mut sizes: HashMap<u64, u64> = HashMap::new();
         for l in live() {
             for v in l.mm.vmas.iter().filter(|v| v.kind == pb::VmaKind::VmaAnonShared as i32) {
@@ -117,11 +118,11 @@ impl Inherited {
             let fd = crate::sys::shmem_object(size).with_context(|| format!("recreating shared memory object {inode}"))?;
             shmem.insert(inode, crate::sys::move_above(fd, min)?);
         }
-        Ok(Inherited { pipes, shmem })
+        Ok(Inherited { descs, shmem })
     }
 
     pub fn fds(&self) -> Vec<RawFd> {
-        self.pipes.values().flat_map(|&(r, w)| [r, w]).chain(self.shmem.values().copied()).collect()
+        self.descs.values().chain(self.shmem.values()).copied().collect()
     }
 
     pub fn close_all(&self) {
@@ -133,6 +134,7 @@ impl Inherited {
 
 /// Returns the exit code for rcr: the root's status unless detached.
 pub fn run(o: &Options) -> Result<i32> {
+    crate::sys::raise_nofile();
     let tree = load(&o.dir)?;
     validate(&tree)?;
     let mut regions = build_regions(&tree)?;
@@ -194,7 +196,7 @@ fn load(path: &std::path::Path) -> Result<Tree> {
     }
     let kins = crate::tree::plan(&entries)?;
     let files = FileTable::from_images(dir.read_all(Kind::Files, None)?);
-    let pipes: Vec<pb::PipeEntry> = if dir.file(Kind::Pipes, None).exists() { dir.read_all(Kind::Pipes, None)? } else { Vec::new() };
+    let fd_images = crate::files::fds::Images::load(&dir)?;
     let self_maps = proc::maps(std::process::id() as i32)?;
     let index: HashMap<u32, usize> = entries.iter().enumerate().map(|(i, e)| (e.pid, i)).collect();
     let mut procs = Vec::with_capacity(entries.len());
@@ -208,7 +210,7 @@ fn load(path: &std::path::Path) -> Result<Tree> {
         }
         procs[parent].children.push(i);
     }
-    Ok(Tree { procs, files, pipes })
+    Ok(Tree { procs, files, fd_images })
 }
 
 fn load_process(dir: &ImageDir, entry: pb::PstreeEntry, kin: Kin, files: &FileTable, self_maps: &[proc::MapEntry]) -> Result<Proc> {
@@ -243,6 +245,7 @@ fn load_process(dir: &ImageDir, entry: pb::PstreeEntry, kin: Kin, files: &FileTa
 }
 
 fn validate(tree: &Tree) -> Result<()> {
+    crate::files::fds::validate(&tree.fd_images, &tree.files)?;
     let mut ids = HashSet::new();
     for p in &tree.procs {
         for &tid in &p.entry.threads {
@@ -261,13 +264,9 @@ fn validate(tree: &Tree) -> Result<()> {
     }
     for p in &tree.procs {
         let Some(l) = &p.live else { continue };
-        if let Some(fd) = l.fds.iter().find(|f| f.pipe_id != 0 && !tree.pipes.iter().any(|x| x.id == f.pipe_id)) {
-            bail!("fdinfo-{}.img: fd {} refers to unknown pipe id {}", p.pid(), fd.fd, fd.pipe_id);
-        }
-        let files: Vec<pb::FdEntry> = l.fds.iter().filter(|f| f.pipe_id == 0).cloned().collect();
-        crate::files::restore::check_all(&tree.files, &files).with_context(|| format!("pid {}", p.pid()))?;
+        tree.fd_images.check_fds(p.pid(), &l.fds)?;
         if let Some(exe) = tree.files.get(l.mm.exe_file_id) {
-            crate::files::restore::check("exe link", exe, crate::files::restore::Content::MayChange)?;
+            crate::files::reg::check("exe link", exe, crate::files::reg::Content::SameSize)?;
         }
         arch::check_xsave_compatible(&l.core.xsave, host_xsave_size())?;
     }

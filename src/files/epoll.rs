@@ -1,0 +1,27 @@
+//! epoll instances and their registered fds.
+use super::fds::{CreateCx, DumpCx, Fd};
+use crate::images::pb::{file_desc::Kind, FileDesc};
+use anyhow::{bail, Result};
+
+/// What the dump of a tree records about these files.
+#[derive(Debug, Default)]
+pub struct Table {}
+
+/// Dump side: not carried yet.
+pub fn dump(f: &Fd, _cx: &mut DumpCx) -> Result<Kind> {
+    Err(f.refuse("it is an epoll instance, which this version does not carry"))
+}
+
+/// Restore side.
+pub fn create(descs: &[&FileDesc], _cx: &mut CreateCx) -> Result<()> {
+    if let Some(d) = descs.first() {
+        bail!("fds.img: description {} ({}): an epoll instance, which this version does not restore", d.id, d.link);
+    }
+    Ok(())
+}
+
+/// In a restore child, once its fds are in place: registers the fds each
+/// epoll instance watched.
+pub fn after_fds(_pid: i32, _fds: &[crate::images::pb::FdEntry], _images: &super::fds::Images) -> Result<()> {
+    Ok(())
+}

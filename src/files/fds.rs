@@ -1,0 +1,310 @@
+//! File descriptors and the open file descriptions behind them.
+//!
+//! Dump: every fd of every process is received from the parasite (rcr
+//! then holds the task's own open file), classified by its /proc link and
+//! fstat ([`classify`]), and recorded as an [`FdEntry`] (number,
+//! close-on-exec) pointing at a [`FileDesc`] in fds.img. Two fds, in one
+//! process or in several, that refer to one open file description (kcmp
+//! KCMP_FILE on rcr's copies) point at one entry, which its kind's module
+//! describes once. A kind rcr cannot carry is refused with the fd number,
+//! its link and a sentence.
+//!
+//! Restore: rcr creates every description before forking the tree
+//! ([`create_all`], each kind's `create`), at fd numbers above all the
+//! tree's; every process inherits them all, dups its own to their numbers
+//! ([`place`]), runs the per-process steps that need its fd numbers
+//! ([`after_fds`]: epoll registrations) and closes the rest. So what was
+//! shared is shared again: offsets, status flags, pipe buffers, sockets.
+use super::pipe::PipeTable;
+use super::{epoll, eventfd, fifo, ghost, inotify, memfd, pipe, reg, signalfd, timerfd, unix, FileTable};
+use crate::images::pb::{file_desc::Kind, FdEntry, FileDesc, PipeEntry};
+use crate::images::{ImageDir, Kind as ImageKind};
+use crate::proc::{self, FdInfo};
+use anyhow::{anyhow, bail, Context, Result};
+use std::collections::HashMap;
+use std::fs::File;
+use std::os::fd::{AsRawFd, OwnedFd, RawFd};
+use std::os::unix::fs::MetadataExt;
+use std::path::PathBuf;
+
+/// Status flags restored with F_SETFL when the created file lacks them.
+const SETFL_FLAGS: u32 = (libc::O_NONBLOCK | libc::O_APPEND | libc::O_DIRECT | libc::O_NOATIME) as u32;
+
+/// One fd of a frozen task, as the dump sees it.
+#[derive(Debug)]
+pub struct Fd<'a> {
+    pub pid: i32,
+    pub fd: i32,
+    /// readlink of /proc/PID/fd/N: a path, `pipe:[N]`, `anon_inode:[eventfd]`...
+    pub link: String,
+    /// rcr's copy of the task's open file (passed over SCM_RIGHTS).
+    pub file: &'a File,
+    pub md: std::fs::Metadata,
+    pub info: FdInfo,
+}
+
+impl Fd<'_> {
+    /// "pid P fd N (LINK)", for messages.
+    pub fn what(&self) -> String {
+        format!("pid {} fd {} ({})", self.pid, self.fd, self.link)
+    }
+
+    pub fn link_path(&self) -> PathBuf {
+        proc::path(self.pid, &format!("fd/{}", self.fd))
+    }
+
+    /// Access mode and status flags, without O_CLOEXEC.
+    pub fn flags(&self) -> u32 {
+        self.info.flags & !(libc::O_CLOEXEC as u32)
+    }
+
+    /// The error for a file rcr cannot carry: fd, link, and why.
+    pub fn refuse(&self, why: &str) -> anyhow::Error {
+        anyhow!("{}: {why}; rcr cannot carry it", self.what())
+    }
+}
+
+/// What kind of file an fd refers to.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Class {
+    Reg,
+    Pipe,
+    Fifo,
+    Socket,
+    EventFd,
+    Epoll,
+    SignalFd,
+    TimerFd,
+    Inotify,
+    Memfd,
+    Ghost,
+    Unknown,
+}
+
+/// Classifies a file by its /proc link and its stat.
+pub fn classify(link: &str, md: &std::fs::Metadata) -> Class {
+    let fmt = md.mode() & libc::S_IFMT;
+    match link {
+        l if l.starts_with("pipe:[") => Class::Pipe,
+        l if l.starts_with("socket:[") => Class::Socket,
+        "anon_inode:[eventfd]" => Class::EventFd,
+        "anon_inode:[eventpoll]" => Class::Epoll,
+        "anon_inode:[signalfd]" => Class::SignalFd,
+        "anon_inode:[timerfd]" => Class::TimerFd,
+        "anon_inode:inotify" => Class::Inotify,
+        l if l.starts_with("/memfd:") && fmt == libc::S_IFREG => Class::Memfd,
+        _ if fmt == libc::S_IFIFO => Class::Fifo,
+        l if l.ends_with(" (deleted)") && fmt == libc::S_IFREG => Class::Ghost,
+        _ if reg::is_reg(md) => Class::Reg,
+        _ => Class::Unknown,
+    }
+}
+
+/// A few words on a file rcr does not know, for refusals.
+pub fn describe_kind(md: &std::fs::Metadata, link: &str) -> String {
+    if let Some(rest) = link.strip_prefix("anon_inode:") {
+        return format!("anonymous inode ({})", rest.trim_matches(|c| c == '[' || c == ']'));
+    }
+    if md.mode() & libc::S_IFMT == libc::S_IFCHR {
+        return format!("character device {}:{}", libc::major(md.rdev()), libc::minor(md.rdev()));
+    }
+    if md.mode() & libc::S_IFMT == libc::S_IFBLK {
+        return format!("block device {}:{}", libc::major(md.rdev()), libc::minor(md.rdev()));
+    }
+    super::file_type(md.mode()).to_string()
+}
+
+/// What the dump of a tree collects about files, shared by its processes.
+#[derive(Debug, Default)]
+pub struct DumpCx {
+    /// Path-addressable files (fds, mappings, exe links).
+    pub files: FileTable,
+    pub descs: Vec<FileDesc>,
+    /// rcr's copy of each description, same index as `descs` (for kcmp).
+    held: Vec<File>,
+    /// Indices into `descs` by (st_dev, st_ino) of the file.
+    by_inode: HashMap<(u64, u64), Vec<usize>>,
+    pub pipes: PipeTable,
+    pub unix: unix::Table,
+    pub epoll: epoll::Table,
+    pub inotify: inotify::Table,
+    pub memfd: memfd::Table,
+    pub ghost: ghost::Table,
+}
+
+impl DumpCx {
+    /// The id of the description `file` refers to, if already recorded.
+    fn find(&self, file: &File, key: (u64, u64)) -> Result<Option<u32>> {
+        for &i in self.by_inode.get(&key).map(Vec::as_slice).unwrap_or_default() {
+            if crate::sys::same_description(self.held[i].as_raw_fd(), file.as_raw_fd()).context("kcmp")? {
+                return Ok(Some(self.descs[i].id));
+            }
+        }
+        Ok(None)
+    }
+
+    fn add(&mut self, mut d: FileDesc, file: File, key: (u64, u64)) -> u32 {
+        d.id = self.descs.len() as u32 + 1;
+        self.by_inode.entry(key).or_default().push(self.descs.len());
+        self.descs.push(d);
+        self.held.push(file);
+        self.descs.len() as u32
+    }
+}
+
+/// Describes the fds `fds` of `pid`, each with its open file as the task
+/// holds it; fails on the first fd rcr cannot carry.
+pub fn dump_fds(pid: i32, fds: Vec<(i32, File)>, cx: &mut DumpCx) -> Result<Vec<FdEntry>> {
+    let mut out = Vec::with_capacity(fds.len());
+    for (fd, file) in fds {
+        let info = proc::fdinfo(pid, fd)?;
+        let cloexec = info.flags & libc::O_CLOEXEC as u32 != 0;
+        let md = file.metadata().with_context(|| format!("pid {pid} fd {fd}: fstat"))?;
+        let key = (md.dev(), md.ino());
+        if let Some(desc_id) = cx.find(&file, key)? {
+            out.push(FdEntry { fd: fd as u32, cloexec, desc_id });
+            continue;
+        }
+        let link = std::fs::read_link(proc::path(pid, &format!("fd/{fd}"))).map(|t| t.to_string_lossy().into_owned()).unwrap_or_default();
+        let f = Fd { pid, fd, link, file: &file, md, info };
+        let kind = dump_kind(&f, cx)?;
+        let desc = FileDesc { id: 0, flags: f.flags(), pos: f.info.pos, link: f.link.clone(), kind: Some(kind) };
+        let desc_id = cx.add(desc, file, key);
+        out.push(FdEntry { fd: fd as u32, cloexec, desc_id });
+    }
+    Ok(out)
+}
+
+fn dump_kind(f: &Fd, cx: &mut DumpCx) -> Result<Kind> {
+    match classify(&f.link, &f.md) {
+        Class::Reg => reg::dump(f, &mut cx.files),
+        Class::Pipe => pipe::dump(f, &mut cx.pipes),
+        Class::Fifo => fifo::dump(f, cx),
+        Class::Socket => unix::dump(f, cx),
+        Class::EventFd => eventfd::dump(f),
+        Class::Epoll => epoll::dump(f, cx),
+        Class::SignalFd => signalfd::dump(f),
+        Class::TimerFd => timerfd::dump(f),
+        Class::Inotify => inotify::dump(f, cx),
+        Class::Memfd => memfd::dump(f, cx),
+        Class::Ghost => ghost::dump(f, cx),
+        Class::Unknown => Err(f.refuse(&format!("it is a {}", describe_kind(&f.md, &f.link)))),
+    }
+}
+
+/// Checks that need the whole tree, once every process was dumped
+/// (`tree`: the dumped PIDs): peers and other ends held outside it.
+pub fn finish(cx: &DumpCx, tree: &[i32]) -> Result<()> {
+    cx.pipes.check_complete(tree)?;
+    unix::finish(cx, tree)?;
+    Ok(())
+}
+
+/// Writes the tree-wide file images: files.img, fds.img, pipes.img and
+/// what the kinds keep apart.
+pub fn write_images(dir: &ImageDir, cx: &DumpCx) -> Result<()> {
+    dir.write_all(ImageKind::Files, None, &cx.files.files)?;
+    dir.write_all(ImageKind::Fds, None, &cx.descs)?;
+    dir.write_all(ImageKind::Pipes, None, &cx.pipes.pipes)?;
+    Ok(())
+}
+
+/// The tree-wide file images, loaded for restore.
+#[derive(Debug, Default)]
+pub struct Images {
+    pub descs: Vec<FileDesc>,
+    pub pipes: Vec<PipeEntry>,
+}
+
+impl Images {
+    pub fn load(dir: &ImageDir) -> Result<Images> {
+        let descs: Vec<FileDesc> = dir.read_all(ImageKind::Fds, None)?;
+        for (i, d) in descs.iter().enumerate() {
+            if d.id as usize != i + 1 || d.kind.is_none() {
+                bail!("fds.img: entry {i} has id {} and kind {:?}; ids must run from 1 and every entry needs a kind", d.id, d.kind);
+            }
+        }
+        Ok(Images { descs, pipes: dir.read_all(ImageKind::Pipes, None)? })
+    }
+
+    pub fn get(&self, id: u32) -> Option<&FileDesc> {
+        self.descs.get((id as usize).checked_sub(1)?)
+    }
+
+    /// Checks, before anything is created, that every fd of `pid` refers
+    /// to a known description.
+    pub fn check_fds(&self, pid: i32, fds: &[FdEntry]) -> Result<()> {
+        if let Some(e) = fds.iter().find(|e| self.get(e.desc_id).is_none()) {
+            bail!("fdinfo-{pid}.img: fd {} refers to unknown description {} (fds.img)", e.fd, e.desc_id);
+        }
+        Ok(())
+    }
+}
+
+/// Checks that the files the descriptions need are still as saved.
+pub fn validate(images: &Images, files: &FileTable) -> Result<()> {
+    reg::check_all(files, &images.descs)
+}
+
+/// What the kinds' `create` functions share: the images, and the fds
+/// created so far by description id.
+#[derive(Debug)]
+pub struct CreateCx<'a> {
+    pub images: &'a Images,
+    pub files: &'a FileTable,
+    pub out: HashMap<u32, OwnedFd>,
+}
+
+/// Creates every description (in rcr, before forking the tree), with its
+/// status flags, each at an inheritable fd number >= `min`.
+pub fn create_all(images: &Images, files: &FileTable, min: RawFd) -> Result<HashMap<u32, RawFd>> {
+    let mut cx = CreateCx { images, files, out: HashMap::new() };
+    let of = |c: fn(&Kind) -> bool| -> Vec<&FileDesc> { images.descs.iter().filter(|d| d.kind.as_ref().is_some_and(c)).collect() };
+    reg::create(&of(|k| matches!(k, Kind::RegFileId(_))), &mut cx)?;
+    pipe::create(&of(|k| matches!(k, Kind::Pipe(_))), &mut cx)?;
+    fifo::create(&of(|k| matches!(k, Kind::Fifo(_))), &mut cx)?;
+    memfd::create(&of(|k| matches!(k, Kind::Memfd(_))), &mut cx)?;
+    ghost::create(&of(|k| matches!(k, Kind::Ghost(_))), &mut cx)?;
+    unix::create(&of(|k| matches!(k, Kind::Unix(_))), &mut cx)?;
+    eventfd::create(&of(|k| matches!(k, Kind::Eventfd(_))), &mut cx)?;
+    signalfd::create(&of(|k| matches!(k, Kind::Signalfd(_))), &mut cx)?;
+    timerfd::create(&of(|k| matches!(k, Kind::Timerfd(_))), &mut cx)?;
+    inotify::create(&of(|k| matches!(k, Kind::Inotify(_))), &mut cx)?;
+    epoll::create(&of(|k| matches!(k, Kind::Epoll(_))), &mut cx)?;
+    let mut out = HashMap::with_capacity(images.descs.len());
+    for d in &images.descs {
+        let what = || format!("fds.img: description {} ({})", d.id, d.link);
+        let fd = cx.out.remove(&d.id).ok_or_else(|| anyhow!("{}: was not created", what()))?;
+        set_flags(&fd, d.flags).with_context(what)?;
+        out.insert(d.id, crate::sys::move_above(fd, min).with_context(what)?);
+    }
+    Ok(out)
+}
+
+/// Gives a created file the saved status flags F_SETFL can set, where
+/// creating it did not already.
+fn set_flags(fd: &OwnedFd, saved: u32) -> Result<()> {
+    let now = crate::sys::status_flags(fd.as_raw_fd())? as u32;
+    if now & SETFL_FLAGS != saved & SETFL_FLAGS {
+        let want = (now & !SETFL_FLAGS) | (saved & SETFL_FLAGS);
+        crate::sys::set_status_flags(fd.as_raw_fd(), want as i32).with_context(|| format!("F_SETFL {want:#o}"))?;
+    }
+    Ok(())
+}
+
+/// In a restore child: puts each saved fd at its number, from the
+/// descriptions rcr created (`created`, by id), with its close-on-exec bit.
+pub fn place(fds: &[FdEntry], created: &HashMap<u32, RawFd>) -> Result<()> {
+    for e in fds {
+        let what = || format!("fd {}", e.fd);
+        let &from = created.get(&e.desc_id).ok_or_else(|| anyhow!("{}: description {} was not created", what(), e.desc_id))?;
+        crate::sys::dup_to(from, e.fd as RawFd, e.cloexec).with_context(|| format!("{}: placing description {}", what(), e.desc_id))?;
+    }
+    Ok(())
+}
+
+/// In a restore child, once its fds are in place: the steps that need the
+/// process's own fd numbers.
+pub fn after_fds(pid: i32, fds: &[FdEntry], images: &Images) -> Result<()> {
+    epoll::after_fds(pid, fds, images)
+}

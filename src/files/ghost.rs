@@ -1,0 +1,21 @@
+//! Deleted files still open (ghosts): their content is saved.
+use super::fds::{CreateCx, DumpCx, Fd};
+use crate::images::pb::{file_desc::Kind, FileDesc};
+use anyhow::{bail, Result};
+
+/// What the dump of a tree records about these files.
+#[derive(Debug, Default)]
+pub struct Table {}
+
+/// Dump side: not carried yet.
+pub fn dump(f: &Fd, _cx: &mut DumpCx) -> Result<Kind> {
+    Err(f.refuse("it is a deleted file, which this version does not carry"))
+}
+
+/// Restore side.
+pub fn create(descs: &[&FileDesc], _cx: &mut CreateCx) -> Result<()> {
+    if let Some(d) = descs.first() {
+        bail!("fds.img: description {} ({}): a deleted file, which this version does not restore", d.id, d.link);
+    }
+    Ok(())
+}

@@ -29,8 +29,9 @@
 //!   types ([`images::pb`], from `proto/rcr.proto`), the pages file.
 //!   `images-format.md` specifies it for outside readers.
 //! * One module per kind of resource, each with its dump and restore side
-//!   by side: [`mm`] (VMAs, pages, mm fields, vDSO), [`files`] (fds, cwd,
-//!   root, pipes), [`tree`] (which processes, their parent links, sessions
+//!   by side: [`mm`] (VMAs, pages, mm fields, vDSO), [`files`] (fds and
+//!   the open file descriptions behind them, shared across fds and
+//!   processes, one module per kind of file; cwd, root), [`tree`] (which processes, their parent links, sessions
 //!   and groups: freezing on dump, forking on restore).
 //! * [`proc`] parses /proc; [`arch`] holds what is x86-64 specific:
 //!   register layouts, the XSAVE area, the rt_sigframe, syscall restart.
@@ -43,7 +44,8 @@
 //!
 //! ## Restore in one paragraph
 //!
-//! `rcr restore` creates what processes share (pipes, shared memory), then
+//! `rcr restore` creates what processes share (every open file
+//! description, shared memory), then
 //! forks the root with its saved PID (clone3 `set_tid`); each process forks
 //! its own children the same way, so all inherit those objects, and rcr
 //! traces every one from birth ([`restore::supervise`]). After two

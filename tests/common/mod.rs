@@ -347,8 +347,9 @@ pub fn assert_same_snapshot(before: &Snapshot, after: &Snapshot, what: &str) {
 /// Snapshots of several processes (a tree, or one process with a pipe),
 /// with the inode numbers that a restore is free to change replaced by
 /// labels given in order of first appearance (pids in the order given, fds
-/// in order, then mappings in order): pipes (`pipe:[#1]`) and shared
-/// anonymous memory (`/dev/zero (deleted)` and SysV segments in maps).
+/// in order, then mappings in order): pipes and sockets (`pipe:[#1]`,
+/// `socket:[#2]`) and shared anonymous memory (`/dev/zero (deleted)`, SysV
+/// segments and memfds in maps).
 /// Equal labels before and after mean the same sharing: an fd still on the
 /// same pipe as the other fds that were on that pipe, a mapping still
 /// shared with the same mappings of the same processes. Mappings are
@@ -361,17 +362,20 @@ pub fn snapshot_group(pids: &[i32]) -> Vec<Snapshot> {
         .map(|&pid| {
             let mut snap = snapshot(pid);
             for v in snap.attrs.values_mut() {
-                if let Some(ino) = v.strip_prefix("pipe:[").and_then(|r| r.strip_suffix(']')) {
-                    let n = pipes.len() + 1;
-                    let label = *pipes.entry(ino.to_string()).or_insert(n);
-                    *v = format!("pipe:[#{label}]");
+                for kind in ["pipe", "socket"] {
+                    if let Some(ino) = v.strip_prefix(&format!("{kind}:[")).and_then(|r| r.strip_suffix(']')) {
+                        let n = pipes.len() + 1;
+                        let label = *pipes.entry(format!("{kind} {ino}")).or_insert(n);
+                        *v = format!("{kind}:[#{label}]");
+                    }
                 }
             }
             let mut maps = String::new();
             for line in snap.maps.lines() {
                 let f: Vec<&str> = line.split_whitespace().collect();
                 let path = if f.len() > 5 { f[5..].join(" ") } else { String::new() };
-                if f.len() > 5 && f[1].ends_with('s') && (path == "/dev/zero (deleted)" || path.starts_with("/SYSV")) {
+                let anon_file = path == "/dev/zero (deleted)" || path.starts_with("/SYSV") || path.starts_with("/memfd:");
+                if f.len() > 5 && (f[1].ends_with('s') || path.starts_with("/memfd:")) && anon_file {
                     let n = shmem.len() + 1;
                     let label = *shmem.entry(format!("{} {}", f[3], f[4])).or_insert(n);
                     let _ = writeln!(maps, "{} {} {} shmem#{label} {path}", f[0], f[1], f[2]);

@@ -82,4 +82,5 @@ pub mod proc;
 pub mod restore;
 pub mod show;
 pub mod sys;
+pub mod timers;
 pub mod tree;

@@ -293,3 +293,10 @@ pub fn dup(fd: RawFd) -> std::io::Result<RawFd> {
     // SAFETY: dup of a fd the caller owns creates a new one.
     Ok(cvt(unsafe { libc::dup(fd) } as libc::c_long)? as RawFd)
 }
+
+/// prctl(PR_TIMER_CREATE_RESTORE_IDS, PR_TIMER_CREATE_RESTORE_IDS_GET):
+/// whether this kernel lets timer_create(2) take a wanted id (Linux 6.13+).
+pub fn timer_restore_ids_supported() -> bool {
+    // SAFETY: a GET prctl with integer arguments only; it changes nothing.
+    unsafe { libc::prctl(77, 2, 0, 0, 0) >= 0 }
+}

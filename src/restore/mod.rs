@@ -270,6 +270,7 @@ fn validate(tree: &Tree) -> Result<()> {
             crate::files::restore::check("exe link", exe, crate::files::restore::Content::MayChange)?;
         }
         arch::check_xsave_compatible(&l.core.xsave, host_xsave_size())?;
+        crate::timers::validate(&l.core)?;
     }
     Ok(())
 }
@@ -352,6 +353,7 @@ pub fn describe_blob_failure(l: &Loaded, step: u64, index: u64, rax: i64) -> Str
             .unwrap_or_default(),
         Some(RestoreStep::ReadPages) => format!(" {index} (pagemap entry)"),
         Some(RestoreStep::SpawnThread) => l.core.threads.get(index as usize).map(|t| format!(" {}", t.tid)).unwrap_or_default(),
+        Some(RestoreStep::TimerCreate | RestoreStep::TimerArm) => l.core.posix_timers.get(index as usize).map(|t| format!(" {}", t.id)).unwrap_or_default(),
         _ if index & rcr_abi::THREAD_INDEX != 0 => {
             let i = (index & !rcr_abi::THREAD_INDEX) as usize;
             format!(" in thread {}", l.core.threads.get(i).map_or(0, |t| t.tid))

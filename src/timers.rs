@@ -83,7 +83,7 @@ fn check(pid: i32, tids: &[i32], t: &ProcTimer) -> Result<()> {
         bail!("pid {pid}: POSIX timer {id} signals thread {}, which is not a thread of the process (it exited?)", t.target);
     }
     if t.clock == CLOCK_THREAD_CPUTIME_ID && tids.len() > 1 {
-        bail!("pid {pid}: POSIX timer {id} counts CLOCK_THREAD_CPUTIME_ID of the thread that created it, which /proc does not tell in a process of {} threads", tids.len());
+        bail!("pid {pid}: POSIX timer {id} counts the CPU time of the thread that created it (CLOCK_THREAD_CPUTIME_ID), which /proc does not tell in a process of {} threads", tids.len());
     }
     if t.clock >= 0 {
         return Ok(());
@@ -94,7 +94,7 @@ fn check(pid: i32, tids: &[i32], t: &ProcTimer) -> Result<()> {
         bail!("pid {pid}: POSIX timer {id} runs on a dynamic clock (clock id {}, an fd of a clock device)", t.clock);
     }
     match (owner, perthread) {
-        (0, true) if tids.len() > 1 => bail!("pid {pid}: POSIX timer {id} counts the CPU time of the thread that created it (clock id {}), which /proc does not tell", t.clock),
+        (0, true) if tids.len() > 1 => bail!("pid {pid}: POSIX timer {id} counts the CPU time of the thread that created it (clock id {}), which /proc does not tell in a process of {} threads", t.clock, tids.len()),
         (0, _) => Ok(()),
         (tid, true) if tids.contains(&tid) => Ok(()),
         (tid, true) => bail!("pid {pid}: POSIX timer {id} counts the CPU time of thread {tid} of another process (clock id {})", t.clock),

@@ -22,17 +22,18 @@
 //!   interrupt, registers and XSAVE, remote syscalls, detach, and the
 //!   parasite ([`infect::parasite`]): the `parasite/` blob injected into the
 //!   task, which serves commands over a unix socket (drain pages into the
-//!   image, read signal actions, itimers, per-task values, pass fds) and
-//!   rt_sigreturns into the saved state when rcr closes the socket, or
-//!   when rcr dies.
+//!   image, read signal actions, itimers, POSIX timers, per-task values,
+//!   pass fds) and rt_sigreturns into the saved state when rcr closes the
+//!   socket, or when rcr dies.
 //! * [`images`] is the on-disk format: framing, the generated protobuf
 //!   types ([`images::pb`], from `proto/rcr.proto`), the pages file.
 //!   `images-format.md` specifies it for outside readers.
 //! * One module per kind of resource, each with its dump and restore side
 //!   by side: [`mm`] (VMAs, pages, mm fields, vDSO), [`files`] (fds and
 //!   the open file descriptions behind them, shared across fds and
-//!   processes, one module per kind of file; cwd, root), [`tree`] (which processes, their parent links, sessions
-//!   and groups: freezing on dump, forking on restore).
+//!   processes, one module per kind of file; cwd, root), [`tree`] (which
+//!   processes, their parent links, sessions and groups: freezing on dump,
+//!   forking on restore), [`timers`] (POSIX timers).
 //! * [`proc`] parses /proc; [`arch`] holds what is x86-64 specific:
 //!   register layouts, the XSAVE area, the rt_sigframe, syscall restart.
 //! * The two blobs, restorer (`restorer-blob/`) and parasite (`parasite/`),
@@ -84,4 +85,5 @@ pub mod proc;
 pub mod restore;
 pub mod show;
 pub mod sys;
+pub mod timers;
 pub mod tree;

@@ -290,6 +290,14 @@ fn fmt_core(o: &mut String, e: &pb::TaskCore) -> fmt::Result {
             writeln!(o, "        rip {:#x}  rsp {:#x}  fs_base {:#x}  syscall {}", r.rip, r.rsp, r.fs_base, t.interrupted_syscall)?;
         }
     }
+    for t in &e.posix_timers {
+        let pending = if t.signal_pending { "  its signal pending" } else { "" };
+        writeln!(
+            o,
+            "      posix timer {}  clock {}  notify {} to {}  signo {}  value {:#x}  left {} ns  interval {} ns  overrun {}{pending}",
+            t.id, t.clock_id, t.notify, t.target, t.signo, t.sigev_value, t.value_ns, t.interval_ns, t.overrun
+        )?;
+    }
     Ok(())
 }
 

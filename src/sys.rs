@@ -353,3 +353,10 @@ pub fn own(fd: RawFd) -> OwnedFd {
     // SAFETY: callers pass fds they just created and nothing else owns.
     unsafe { OwnedFd::from_raw_fd(fd) }
 }
+
+/// prctl(PR_TIMER_CREATE_RESTORE_IDS, PR_TIMER_CREATE_RESTORE_IDS_GET):
+/// whether this kernel lets timer_create(2) take a wanted id (Linux 6.13+).
+pub fn timer_restore_ids_supported() -> bool {
+    // SAFETY: a GET prctl with integer arguments only; it changes nothing.
+    unsafe { libc::prctl(77, 2, 0, 0, 0) >= 0 }
+}

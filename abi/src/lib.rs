@@ -155,6 +155,12 @@ pub struct RestoreArgs {
     /// `go`, which the leader sets after its report to the host.
     pub ready: u32,
     pub go: u32,
+    /// POSIX timers: `nr_timers` [`PosixTimerArgs`], created with their
+    /// ids once the threads exist and armed next to the itimers.
+    pub timers: u64,
+    pub nr_timers: u64,
+    /// prctl(PR_TIMER_CREATE_RESTORE_IDS) mode to leave the process in.
+    pub timer_restore_ids: u64,
 }
 
 /// clone3(2)'s `struct clone_args`, up to `set_tid_size`
@@ -201,6 +207,27 @@ pub struct ThreadArgs {
     pub restore_args: u64,
 }
 
+/// One POSIX timer for the blob: timer_create(clock, &sigevent, &id) with
+/// PR_TIMER_CREATE_RESTORE_IDS on, then timer_settime(id, 0, &spec).
+#[repr(C)]
+#[derive(Clone, Copy, Debug)]
+pub struct PosixTimerArgs {
+    pub id: i32,
+    pub clock: i32,
+    /// The kernel's `struct sigevent` (64 bytes on x86-64): value,
+    /// signo, notify, then the tid for SIGEV_THREAD_ID.
+    pub sigev_value: u64,
+    pub sigev_signo: i32,
+    pub sigev_notify: i32,
+    pub sigev_tid: i32,
+    pub _sigev_pad: [u32; 11],
+    /// `struct itimerspec`: interval, then value (relative).
+    pub interval_sec: i64,
+    pub interval_nsec: i64,
+    pub value_sec: i64,
+    pub value_nsec: i64,
+}
+
 /// A signal to queue for one thread (rt_tgsigqueueinfo(2)).
 #[repr(C)]
 #[derive(Clone, Copy, Debug)]
@@ -236,6 +263,9 @@ pub enum RestoreStep {
     ThreadName = 15,
     QueueSignal = 16,
     Madvise = 17,
+    TimerRestoreIds = 40,
+    TimerCreate = 41,
+    TimerArm = 42,
 }
 
 impl RestoreStep {
@@ -258,6 +288,9 @@ impl RestoreStep {
             15 => Self::ThreadName,
             16 => Self::QueueSignal,
             17 => Self::Madvise,
+            40 => Self::TimerRestoreIds,
+            41 => Self::TimerCreate,
+            42 => Self::TimerArm,
             _ => return None,
         })
     }
@@ -281,6 +314,9 @@ impl RestoreStep {
             Self::ThreadName => "naming thread",
             Self::QueueSignal => "queueing pending signal",
             Self::Madvise => "applying the madvise flags of VMA",
+            Self::TimerRestoreIds => "setting PR_TIMER_CREATE_RESTORE_IDS",
+            Self::TimerCreate => "creating POSIX timer",
+            Self::TimerArm => "arming POSIX timer",
         }
     }
 }
@@ -298,7 +334,7 @@ assert_layout!(SpecialMapping, size = 32, cur = 0, park = 8, target = 16, len = 
 assert_layout!(PrctlMmMap, size = 104, auxv = 88, auxv_size = 96, exe_fd = 100);
 assert_layout!(
     RestoreArgs,
-    size = 88 + 96 + 104 + 1024 + 8 + 16 + 8 + 96 + 56,
+    size = 88 + 96 + 104 + 1024 + 8 + 16 + 8 + 96 + 56 + 24,
     stack_top = 0,
     magic = 8,
     region_start = 16,
@@ -318,9 +354,13 @@ assert_layout!(
     pending = 1472,
     ready = 1488,
     go = 1492,
+    timers = 1496,
+    nr_timers = 1504,
+    timer_restore_ids = 1512,
 );
 assert_layout!(CloneArgs, size = 80, flags = 0, exit_signal = 32, stack = 40, tls = 56, set_tid = 64, set_tid_size = 72);
 assert_layout!(ThreadArgs, size = 184, clone = 0, tid = 80, sigframe = 88, gs_base = 96, rseq_ptr = 104, tid_address = 120, robust_list = 128, comm = 144, result = 160, step = 168, restore_args = 176);
+assert_layout!(PosixTimerArgs, size = 104, id = 0, clock = 4, sigev_value = 8, sigev_signo = 16, sigev_notify = 20, sigev_tid = 24, interval_sec = 72, value_sec = 88);
 assert_layout!(PendingSig, size = 136, tid = 0, signo = 4, siginfo = 8);
 
 pub mod parasite;

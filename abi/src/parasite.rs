@@ -80,6 +80,12 @@ pub enum Cmd {
     CloseFd = 8,
     /// Reply, then cure.
     Fini = 9,
+    /// POSIX timers: the data area holds `arg[0]` [`PosixTimerState`]
+    /// with `id` set; the parasite fills in the rest of each
+    /// (timer_gettime, timer_getoverrun). `value[0]` is what
+    /// prctl(PR_TIMER_CREATE_RESTORE_IDS, GET) returned (negative errno if
+    /// the kernel lacks it). On failure `value[1]` is the failing index.
+    Timers = 10,
 }
 
 impl Cmd {
@@ -94,6 +100,7 @@ impl Cmd {
             7 => Self::DrainSplice,
             8 => Self::CloseFd,
             9 => Self::Fini,
+            10 => Self::Timers,
             _ => return None,
         })
     }
@@ -175,6 +182,20 @@ pub struct DrainRun {
     pub file_off: u64,
 }
 
+/// One POSIX timer as [`Cmd::Timers`] reads it: `struct itimerspec`
+/// (interval, then value) and the overrun count.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct PosixTimerState {
+    pub id: i32,
+    pub overrun: i32,
+    pub interval_sec: i64,
+    pub interval_nsec: i64,
+    pub value_sec: i64,
+    pub value_nsec: i64,
+}
+
+assert_layout!(PosixTimerState, size = 40, id = 0, overrun = 4, interval_sec = 8, value_sec = 24);
 assert_layout!(
     ParasiteArgs,
     size = 168,

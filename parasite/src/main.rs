@@ -25,6 +25,8 @@ use rcr_abi::sys::{self, CmsgHdr, IoVec, MsgHdr};
 
 rcr_abi::blob_entry!(parasite_main);
 
+mod timers;
+
 const AF_UNIX: u64 = 1;
 const SOCK_SEQPACKET: u64 = 5;
 const SOCK_CLOEXEC: u64 = 0x80000;
@@ -104,6 +106,7 @@ fn serve(a: &ParasiteArgs, st: &mut State) {
             Some(Cmd::DrainSplice) => drain(a, &c, &mut reply, true),
             Some(Cmd::CloseFd) => close_fd(st, c.arg[0] as i32),
             Some(Cmd::Fini) => 0,
+            Some(Cmd::Timers) => timers::read(a, &c, &mut reply),
             None => -EINVAL,
         };
         reply.status = status as i32;

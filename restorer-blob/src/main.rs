@@ -13,7 +13,9 @@
 //!    registration, the clear_child_tid address and the robust list,
 //! 7. creates the other threads with their saved TIDs (clone3 `set_tid`);
 //!    each sets its own per-thread state, counts itself ready and waits,
-//! 8. queues the signals pending for single threads, arms the itimers,
+//! 8. queues the signals pending for single threads, creates the POSIX
+//!    timers under their ids (`timers`), arms the itimers and the POSIX
+//!    timers,
 //! 9. reports to the tracing host with `int3` (rax = 0), releases the
 //!    threads and calls rt_sigreturn on the sigframe the host prepared;
 //!    every thread does the same on its own frame.
@@ -31,6 +33,8 @@ use core::sync::atomic::{AtomicU32, Ordering};
 use rcr_abi::{PageRun, PendingSig, RestoreArgs, RestoreStep, ThreadArgs, VmaEntry, NR_SPECIAL, RESTORE_ARGS_MAGIC, TASK_SIZE};
 
 rcr_abi::blob_entry!(restore_main);
+
+mod timers;
 
 const MAP_FIXED_NOREPLACE: u64 = 0x100000;
 const MREMAP_MAYMOVE: u64 = 1;
@@ -120,6 +124,7 @@ extern "C" fn restore_main(args: *const RestoreArgs) -> ! {
     }
     spawn_threads(a);
     queue_pending(a);
+    timers::create(a);
     // Timers last: they start counting as the process is about to run.
     for (which, t) in a.itimers.iter().enumerate() {
         if t.value_sec != 0 || t.value_usec != 0 {
@@ -127,6 +132,7 @@ extern "C" fn restore_main(args: *const RestoreArgs) -> ! {
             check(RestoreStep::Itimers, which as u64, r);
         }
     }
+    timers::arm(a);
     report(0, 0, 0);
     if a.nr_threads != 0 {
         let go = futex_word(&a.go);

@@ -142,6 +142,7 @@ fn dump_process(p: &Process, is_root: bool, dir: &ImageDir, shared: &mut DumpCx,
     let mut parasite = Parasite::infect(leader)?;
     let mut c = collect(leader, &mut parasite, shared, is_root)?;
     c.core.threads = p.threads[1..].iter().map(|t| collect_thread(t, &mut parasite)).collect::<Result<_>>()?;
+    (c.core.posix_timers, c.core.timer_restore_ids) = crate::timers::dump(pid, &p.threads.iter().map(Tracee::pid).collect::<Vec<_>>(), &mut parasite)?;
     if p.state == State::Stopped {
         c.core.state = pb::TaskState::Stopped as i32;
     }
@@ -151,6 +152,7 @@ fn dump_process(p: &Process, is_root: bool, dir: &ImageDir, shared: &mut DumpCx,
     for (t, tc) in p.threads[1..].iter().zip(c.core.threads.iter_mut()) {
         tc.pending = pending_signals(t, false)?;
     }
+    crate::timers::claim_pending(&mut c.core);
     write_images(pid as u32, dir, &c, &pagemap)?;
     Ok(c.core.xsave.len())
 }

@@ -26,8 +26,8 @@ use crate::images::pb;
 use crate::{fault, log};
 use anyhow::{bail, Context, Result};
 use rcr_abi::parasite::{
-    Cmd, Command, DrainRun, ITimerVal, KSigaction, ParasiteArgs, Reply, TaskMisc, HELLO, PARASITE_ARGS_MAGIC,
-    PARASITE_DATA, PARASITE_STACK,
+    Cmd, Command, DrainRun, ITimerVal, KSigaction, ParasiteArgs, PosixTimerState, Reply, TaskMisc, HELLO,
+    PARASITE_ARGS_MAGIC, PARASITE_DATA, PARASITE_STACK,
 };
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
 use std::time::Duration;
@@ -391,6 +391,26 @@ impl<'t> Parasite<'t> {
     pub fn itimers(&mut self) -> Result<Vec<ITimerVal>> {
         self.call(Cmd::Itimers, [0; 3])?;
         Ok(self.read_data::<ITimerVal>(3))
+    }
+
+    /// The state of the POSIX timers `ids` (timer_gettime and
+    /// timer_getoverrun in the task), in order, and what
+    /// prctl(PR_TIMER_CREATE_RESTORE_IDS, GET) returned there (a negative
+    /// errno if the kernel lacks it).
+    pub fn posix_timers(&mut self, ids: &[i32]) -> Result<(Vec<PosixTimerState>, i64)> {
+        let max = PARASITE_DATA as usize / std::mem::size_of::<PosixTimerState>();
+        if ids.len() > max {
+            bail!("pid {} has {} POSIX timers; rcr reads at most {max}", self.t.pid(), ids.len());
+        }
+        let slots: Vec<PosixTimerState> = ids.iter().map(|&id| PosixTimerState { id, ..Default::default() }).collect();
+        self.write_data(&slots);
+        self.send_cmd(Cmd::Timers, [ids.len() as u64, 0, 0])?;
+        let r = self.recv_reply(Cmd::Timers as u32)?;
+        if r.status < 0 {
+            let id = ids.get(r.value[1] as usize).copied().unwrap_or(-1);
+            bail!("reading POSIX timer {id} in pid {}: {}", self.t.pid(), errno(r.status as i64));
+        }
+        Ok((self.read_data::<PosixTimerState>(ids.len()), r.value[0] as i64))
     }
 
     /// Hands `fd` to the task; returns its number there. The parasite

@@ -5,7 +5,7 @@
 //! fds it opened, and jumps.
 //!
 //! ```text
-//! | code | RestoreArgs, VmaEntry[], PageRun[], ThreadArgs[], PendingSig[] |
+//! | code | RestoreArgs, VmaEntry[], PageRun[], ThreadArgs[], PendingSig[], PosixTimerArgs[] |
 //! | sigframe | a sigframe per other thread | stack | a stack per other thread | vDSO park |
 //! ```
 #![allow(unsafe_code)]
@@ -16,7 +16,7 @@ use crate::images::pb;
 use crate::mm::restore::Plan;
 use anyhow::{bail, Context, Result};
 use rcr_abi::parasite::ITimerVal;
-use rcr_abi::{CloneArgs, PageRun, PendingSig, RestoreArgs, ThreadArgs, VmaEntry, NR_SPECIAL, RESTORE_ARGS_MAGIC, TASK_SIZE};
+use rcr_abi::{CloneArgs, PageRun, PendingSig, PosixTimerArgs, RestoreArgs, ThreadArgs, VmaEntry, NR_SPECIAL, RESTORE_ARGS_MAGIC, TASK_SIZE};
 use std::mem::{align_of, size_of};
 
 const PAGE: u64 = 4096;
@@ -79,7 +79,9 @@ impl Region {
         let runs_off = vmas_off + (plan.vmas.len() * size_of::<VmaEntry>()) as u64;
         let threads_off = runs_off + (plan.runs.len() * size_of::<PageRun>()) as u64;
         let pending_off = threads_off + nthreads * size_of::<ThreadArgs>() as u64;
-        let frame_off = page_up(pending_off + (pending.len() * size_of::<PendingSig>()) as u64);
+        let (timers, timer_restore_ids) = crate::timers::blob_args(core);
+        let timers_off = pending_off + (pending.len() * size_of::<PendingSig>()) as u64;
+        let frame_off = page_up(timers_off + (timers.len() * size_of::<PosixTimerArgs>()) as u64);
         let frame_len = page_up(sigframe::frame_size(core.xsave.len()) as u64);
         let stack_off = frame_off + frame_len * (1 + nthreads);
         let park_off = stack_off + STACK_SIZE + THREAD_STACK * nthreads;
@@ -101,6 +103,8 @@ impl Region {
             std::ptr::copy_nonoverlapping(plan.runs.as_ptr(), runs, plan.runs.len());
             let sigs = base.add(pending_off as usize) as *mut PendingSig;
             std::ptr::copy_nonoverlapping(pending.as_ptr(), sigs, pending.len());
+            let tmrs = base.add(timers_off as usize) as *mut PosixTimerArgs;
+            std::ptr::copy_nonoverlapping(timers.as_ptr(), tmrs, timers.len());
             let frame = std::slice::from_raw_parts_mut(base.add(frame_off as usize), frame_len as usize);
             // All signals stay blocked through rt_sigreturn (pending ones and
             // fresh timer ticks included) until rcr, done with the task,
@@ -156,6 +160,9 @@ impl Region {
             nr_pending: pending.len() as u64,
             ready: 0,
             go: 0,
+            timers: start + timers_off,
+            nr_timers: timers.len() as u64,
+            timer_restore_ids,
         };
         mm_map.auxv = start + args_off + std::mem::offset_of!(RestoreArgs, auxv) as u64;
         let args = RestoreArgs { mm_map, ..args };

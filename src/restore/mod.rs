@@ -269,6 +269,7 @@ fn validate(tree: &Tree) -> Result<()> {
             crate::files::reg::check("exe link", exe, crate::files::reg::Content::SameSize)?;
         }
         arch::check_xsave_compatible(&l.core.xsave, host_xsave_size())?;
+        crate::timers::validate(&l.core)?;
     }
     Ok(())
 }
@@ -351,6 +352,7 @@ pub fn describe_blob_failure(l: &Loaded, step: u64, index: u64, rax: i64) -> Str
             .unwrap_or_default(),
         Some(RestoreStep::ReadPages) => format!(" {index} (pagemap entry)"),
         Some(RestoreStep::SpawnThread) => l.core.threads.get(index as usize).map(|t| format!(" {}", t.tid)).unwrap_or_default(),
+        Some(RestoreStep::TimerCreate | RestoreStep::TimerArm) => l.core.posix_timers.get(index as usize).map(|t| format!(" {}", t.id)).unwrap_or_default(),
         _ if index & rcr_abi::THREAD_INDEX != 0 => {
             let i = (index & !rcr_abi::THREAD_INDEX) as usize;
             format!(" in thread {}", l.core.threads.get(i).map_or(0, |t| t.tid))

@@ -31,7 +31,8 @@
 //! * One module per kind of resource, each with its dump and restore side
 //!   by side: [`mm`] (VMAs, pages, mm fields, vDSO), [`files`] (fds, cwd,
 //!   root, pipes), [`tree`] (which processes, their parent links, sessions
-//!   and groups: freezing on dump, forking on restore).
+//!   and groups: freezing on dump, forking on restore), [`creds`]
+//!   (credentials, seccomp, scheduling, limits: applied last, by the blob).
 //! * [`proc`] parses /proc; [`arch`] holds what is x86-64 specific:
 //!   register layouts, the XSAVE area, the rt_sigframe, syscall restart.
 //! * The two blobs, restorer (`restorer-blob/`) and parasite (`parasite/`),
@@ -71,6 +72,7 @@
 pub mod arch;
 pub mod blobs;
 pub mod check;
+pub mod creds;
 pub mod dump;
 pub mod fault;
 pub mod files;

@@ -55,9 +55,11 @@
 //! mappings nor the saved ones. The blob parks the vDSO, unmaps everything
 //! else, maps the saved VMAs and reads their pages in, moves the vDSO to
 //! its saved place, sets the mm fields and TLS, recreates the other threads
-//! with their TIDs, stops at an `int3`, and once rcr has seen every blob
-//! report, rt_sigreturns on a frame holding the saved registers and XSAVE
-//! area, as each thread does on its own. rcr catches every rt_sigreturn's
+//! with their TIDs, sets the resource limits, stops at an `int3`, and once
+//! rcr has seen every blob report, takes on its saved scheduling,
+//! credentials and seccomp filters and rt_sigreturns on a frame holding the
+//! saved registers and XSAVE area, as each thread does on its own (rcr
+//! keeps seccomp suspended for its tracees until it detaches). rcr catches every rt_sigreturn's
 //! exit, unmaps the bootstrap regions with one injected syscall each, sets
 //! the saved masks and detaches: nothing of rcr is left in the tree.
 //!

@@ -17,9 +17,10 @@
  *     getppid fail with ECONNREFUSED and uname with EHOSTDOWN, the newer
  *     makes uname fail with ENOMSG (the newest filter's errno wins, so
  *     the order of the chain shows).
- *   second thread (created after the gids, before the rest): uids
- *     3000/3000/3000 (so no capabilities at all), SCHED_BATCH, nice 7,
- *     affinity CPU 0, no filter, no no_new_privs.
+ *   second thread (created after the gids, before the rest): SCHED_BATCH,
+ *     nice 7, affinity CPU 0, a seccomp filter of its own installed
+ *     without no_new_privs (getpgrp fails with EADDRINUSE), then uids
+ *     3000/3000/3000 (so no capabilities at all).
  * After go each thread checks its own state, exactly, and the main thread
  * the process-wide part; every problem is a FAIL line.
  *
@@ -203,6 +204,9 @@ static void *second(void *arg)
 	CPU_SET(0, &one);
 	if (sched_setaffinity(0, sizeof(one), &one))
 		die("sched_setaffinity");
+	/* A filter without no_new_privs: installing it needs CAP_SYS_ADMIN,
+	 * which the uid change below takes away. */
+	install_filter(SYS_getpgrp, EADDRINUSE, -1, 0, 0);
 	if (syscall(SYS_setresuid, 3000, 3000, 3000)) /* raw: this thread only */
 		die("setresuid in the second thread");
 	thread_ready = 1;
@@ -211,8 +215,11 @@ static void *second(void *arg)
 	check_caps("thread", 0, 0, 0, 0, full_bnd);
 	check(prctl(PR_GET_SECUREBITS) == 0, "thread: securebits %d, want 0", prctl(PR_GET_SECUREBITS));
 	check(prctl(PR_GET_NO_NEW_PRIVS, 0, 0, 0, 0) == 0, "thread: no_new_privs set");
-	check(prctl(PR_GET_SECCOMP) == 0, "thread: seccomp mode %d, want 0", prctl(PR_GET_SECCOMP));
+	check(prctl(PR_GET_SECCOMP) == 2, "thread: seccomp mode %d, want 2", prctl(PR_GET_SECCOMP));
 	check(syscall(SYS_getppid) > 0, "thread: getppid failed: %s (a filter of the main thread?)", strerror(errno));
+	errno = 0;
+	check(syscall(SYS_getpgrp) == -1 && errno == EADDRINUSE, "thread: getpgrp: %s, want EADDRINUSE from its own filter",
+	      strerror(errno));
 	check_sched("thread", SCHED_BATCH, 7, 1);
 	thread_done = 1;
 	return NULL;

@@ -17,9 +17,10 @@
 //!    then no privilege is needed), then strict mode (which allows nothing
 //!    but read, write, exit and rt_sigreturn) last of all.
 //!
-//! The threads count themselves in `creds_done`; the leader waits for all
-//! of them (a credential change resets the process's dumpable flag), then
-//! does its own, then sets dumpable and the parent-death signal again.
+//! The threads count themselves in `creds_done` once done (or failed);
+//! the leader waits for all of them and reports the first failure, then
+//! does its own, then sets dumpable and the parent-death signal again (a
+//! credential change of any thread resets both).
 //! Resource limits are process-wide: the leader sets them before its
 //! report, once memory is mapped and the threads exist, and before any
 //! credential change (raising a hard limit needs CAP_SYS_RESOURCE).
@@ -102,10 +103,12 @@ pub fn set_rlimits(a: &RestoreArgs) -> Res {
 /// A thread other than the leader, after "go": applies its own state,
 /// records a failure in its ThreadArgs, counts itself in `creds_done`.
 /// On failure it sleeps until rcr, told by the leader, kills the tree.
+/// (Its last syscalls, counting itself and rt_sigreturn, pass its new
+/// filters, even strict mode, because rcr keeps seccomp suspended.)
 pub fn thread_after_go(t: &mut ThreadArgs, a: &RestoreArgs) {
     // By reference: a copy of the struct would be a memcpy call, which
     // this crate's codegen reaches through a GOT slot.
-    let result = sched(&t.creds).and_then(|()| apply_creds(&t.creds));
+    let result = sched(&t.creds).and_then(|()| apply_creds(&t.creds)).and_then(|()| lock_down(&t.creds));
     if let Err((step, i, err)) = result {
         t.step = step as u64 | i << 32;
         // SAFETY: `result` is this thread's own slot; the leader reads it
@@ -116,14 +119,6 @@ pub fn thread_after_go(t: &mut ThreadArgs, a: &RestoreArgs) {
     done.fetch_add(1, Ordering::AcqRel);
     sys::syscall3(sys::NR_FUTEX, done.as_ptr() as u64, FUTEX_WAKE_PRIVATE, 1);
     if result.is_err() {
-        loop {
-            sys::syscall0(NR_PAUSE);
-        }
-    }
-    if lock_down(&t.creds).is_err() {
-        // Too late to tell the leader; rcr sees a task that never
-        // reaches its rt_sigreturn (this needs a kernel refusing what it
-        // accepted at dump time).
         loop {
             sys::syscall0(NR_PAUSE);
         }

@@ -35,6 +35,7 @@ fn build_protos(out: &Path) {
     cfg.field_attribute("rcr.images.PendingSignal.siginfo", "#[serde(serialize_with = \"crate::images::serde_hex\")]");
     cfg.field_attribute("rcr.images.ThreadCore.xsave", "#[serde(serialize_with = \"crate::images::serde_hex\")]");
     cfg.field_attribute("rcr.images.PipeEntry.data", "#[serde(serialize_with = \"crate::images::serde_hex\")]");
+    cfg.field_attribute("rcr.images.SeccompFilter.insns", "#[serde(serialize_with = \"crate::images::serde_hex\")]");
     cfg.out_dir(out);
     cfg.compile_fds(fds).expect("generate image types");
 }

@@ -33,7 +33,8 @@
 //!   the open file descriptions behind them, shared across fds and
 //!   processes, one module per kind of file; cwd, root), [`tree`] (which
 //!   processes, their parent links, sessions and groups: freezing on dump,
-//!   forking on restore), [`timers`] (POSIX timers).
+//!   forking on restore), [`timers`] (POSIX timers), [`creds`]
+//!   (credentials, seccomp, scheduling, limits: applied last, by the blob).
 //! * [`proc`] parses /proc; [`arch`] holds what is x86-64 specific:
 //!   register layouts, the XSAVE area, the rt_sigframe, syscall restart.
 //! * The two blobs, restorer (`restorer-blob/`) and parasite (`parasite/`),
@@ -57,9 +58,11 @@
 //! mappings nor the saved ones. The blob parks the vDSO, unmaps everything
 //! else, maps the saved VMAs and reads their pages in, moves the vDSO to
 //! its saved place, sets the mm fields and TLS, recreates the other threads
-//! with their TIDs, stops at an `int3`, and once rcr has seen every blob
-//! report, rt_sigreturns on a frame holding the saved registers and XSAVE
-//! area, as each thread does on its own. rcr catches every rt_sigreturn's
+//! with their TIDs, sets the resource limits, stops at an `int3`, and once
+//! rcr has seen every blob report, takes on its saved scheduling,
+//! credentials and seccomp filters and rt_sigreturns on a frame holding the
+//! saved registers and XSAVE area, as each thread does on its own (rcr
+//! keeps seccomp suspended for its tracees until it detaches). rcr catches every rt_sigreturn's
 //! exit, unmaps the bootstrap regions with one injected syscall each, sets
 //! the saved masks and detaches: nothing of rcr is left in the tree.
 //!
@@ -74,6 +77,7 @@
 pub mod arch;
 pub mod blobs;
 pub mod check;
+pub mod creds;
 pub mod dump;
 pub mod fault;
 pub mod files;

@@ -360,3 +360,24 @@ pub fn timer_restore_ids_supported() -> bool {
     // SAFETY: a GET prctl with integer arguments only; it changes nothing.
     unsafe { libc::prctl(77, 2, 0, 0, 0) >= 0 }
 }
+
+/// sched_getscheduler(2) of task `tid`: the policy, with
+/// SCHED_RESET_ON_FORK if set.
+pub fn sched_policy(tid: i32) -> std::io::Result<u32> {
+    // SAFETY: sched_getscheduler takes a plain tid.
+    let r = unsafe { libc::sched_getscheduler(tid) };
+    cvt(r as libc::c_long).map(|p| p as u32)
+}
+
+/// sched_getaffinity(2) of task `tid`, as 64-bit mask words.
+pub fn sched_affinity(tid: i32) -> std::io::Result<Vec<u64>> {
+    let mut words = vec![0u64; 128]; // 8192 CPUs
+    // SAFETY: the kernel writes at most the buffer's size, given in bytes.
+    let r = unsafe { libc::syscall(libc::SYS_sched_getaffinity, tid, words.len() * 8, words.as_mut_ptr()) };
+    let n = cvt(r)? as usize;
+    words.truncate(n.div_ceil(8));
+    while words.len() > 1 && words.last() == Some(&0) {
+        words.pop();
+    }
+    Ok(words)
+}

@@ -161,6 +161,78 @@ pub struct RestoreArgs {
     pub nr_timers: u64,
     /// prctl(PR_TIMER_CREATE_RESTORE_IDS) mode to leave the process in.
     pub timer_restore_ids: u64,
+    /// Resource limits, set by the leader once its threads exist:
+    /// `rlimits[r]` for each resource r whose bit is set in `rlimits_set`.
+    pub rlimits: [Rlimit; NR_RLIMITS],
+    pub rlimits_set: u32,
+    /// PR_SET_DUMPABLE and PR_SET_PDEATHSIG values, set again by the
+    /// leader after the credentials (a credential change resets both);
+    /// -1: leave as is.
+    pub dumpable: i32,
+    pub pdeathsig: i32,
+    /// Futex word: threads count themselves here once their credentials
+    /// are in place; the leader waits for all before its own.
+    pub creds_done: u32,
+    /// The leader's own credentials and scheduling.
+    pub creds: ThreadCreds,
+}
+
+/// Number of RLIMIT_* resources (RLIM_NLIMITS).
+pub const NR_RLIMITS: usize = 16;
+
+/// `struct rlimit64`.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default)]
+pub struct Rlimit {
+    pub cur: u64,
+    pub max: u64,
+}
+
+/// One classic-BPF seccomp filter for seccomp(SECCOMP_SET_MODE_FILTER):
+/// `nr_insns` `struct sock_filter` at `insns`.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default)]
+pub struct SeccompFilter {
+    pub insns: u64,
+    pub nr_insns: u32,
+    pub flags: u32,
+}
+
+/// Scheduling, credentials, no_new_privs and seccomp of one thread, which
+/// the blob applies in that thread last (see restorer-blob/src/creds.rs).
+/// Pointers are region addresses.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default)]
+pub struct ThreadCreds {
+    /// 0: leave the credentials as inherited from rcr (older images).
+    pub valid: u32,
+    pub securebits: u32,
+    /// real, effective, saved, fs.
+    pub uids: [u32; 4],
+    pub gids: [u32; 4],
+    /// `nr_groups` u32 supplementary groups.
+    pub groups: u64,
+    pub nr_groups: u64,
+    pub cap_eff: u64,
+    pub cap_prm: u64,
+    pub cap_inh: u64,
+    pub cap_bnd: u64,
+    pub cap_amb: u64,
+    pub no_new_privs: u32,
+    /// 0 none, 1 strict, 2 filter.
+    pub seccomp_mode: u32,
+    /// `nr_filters` [`SeccompFilter`], oldest first.
+    pub filters: u64,
+    pub nr_filters: u64,
+    /// 0: leave scheduling as inherited.
+    pub sched_valid: u32,
+    /// Policy, with SCHED_RESET_ON_FORK (0x40000000) if set.
+    pub sched_policy: u32,
+    pub sched_priority: u32,
+    pub nice: i32,
+    /// CPU mask of `affinity_len` bytes; 0: leave as inherited.
+    pub affinity: u64,
+    pub affinity_len: u64,
 }
 
 /// clone3(2)'s `struct clone_args`, up to `set_tid_size`
@@ -205,6 +277,8 @@ pub struct ThreadArgs {
     pub step: u64,
     /// The process's [`RestoreArgs`] (for the futex words).
     pub restore_args: u64,
+    /// The thread's own credentials and scheduling.
+    pub creds: ThreadCreds,
 }
 
 /// One POSIX timer for the blob: timer_create(clock, &sigevent, &id) with
@@ -263,9 +337,24 @@ pub enum RestoreStep {
     ThreadName = 15,
     QueueSignal = 16,
     Madvise = 17,
-    TimerRestoreIds = 40,
-    TimerCreate = 41,
-    TimerArm = 42,
+    TimerRestoreIds = 50,
+    TimerCreate = 51,
+    TimerArm = 52,
+    Sched = 30,
+    Nice = 31,
+    Affinity = 32,
+    Securebits = 33,
+    Capabilities = 34,
+    Groups = 35,
+    Gids = 36,
+    Uids = 37,
+    Ambient = 38,
+    Bounding = 39,
+    NoNewPrivs = 40,
+    Seccomp = 41,
+    Rlimit = 42,
+    Dumpable = 43,
+    PdeathSig = 44,
 }
 
 impl RestoreStep {
@@ -288,9 +377,24 @@ impl RestoreStep {
             15 => Self::ThreadName,
             16 => Self::QueueSignal,
             17 => Self::Madvise,
-            40 => Self::TimerRestoreIds,
-            41 => Self::TimerCreate,
-            42 => Self::TimerArm,
+            50 => Self::TimerRestoreIds,
+            51 => Self::TimerCreate,
+            52 => Self::TimerArm,
+            30 => Self::Sched,
+            31 => Self::Nice,
+            32 => Self::Affinity,
+            33 => Self::Securebits,
+            34 => Self::Capabilities,
+            35 => Self::Groups,
+            36 => Self::Gids,
+            37 => Self::Uids,
+            38 => Self::Ambient,
+            39 => Self::Bounding,
+            40 => Self::NoNewPrivs,
+            41 => Self::Seccomp,
+            42 => Self::Rlimit,
+            43 => Self::Dumpable,
+            44 => Self::PdeathSig,
             _ => return None,
         })
     }
@@ -317,6 +421,21 @@ impl RestoreStep {
             Self::TimerRestoreIds => "setting PR_TIMER_CREATE_RESTORE_IDS",
             Self::TimerCreate => "creating POSIX timer",
             Self::TimerArm => "arming POSIX timer",
+            Self::Sched => "setting the scheduling policy (sched_setscheduler)",
+            Self::Nice => "setting the nice value (setpriority)",
+            Self::Affinity => "setting the CPU affinity (sched_setaffinity)",
+            Self::Securebits => "setting the securebits (PR_SET_SECUREBITS)",
+            Self::Capabilities => "setting the capability sets (capset)",
+            Self::Groups => "setting the supplementary groups (setgroups)",
+            Self::Gids => "setting the gids (setresgid/setfsgid)",
+            Self::Uids => "setting the uids (setresuid/setfsuid)",
+            Self::Ambient => "raising ambient capability",
+            Self::Bounding => "dropping from the bounding set capability",
+            Self::NoNewPrivs => "setting no_new_privs",
+            Self::Seccomp => "installing seccomp filter",
+            Self::Rlimit => "setting resource limit",
+            Self::Dumpable => "setting the dumpable flag",
+            Self::PdeathSig => "setting the parent-death signal",
         }
     }
 }
@@ -334,7 +453,7 @@ assert_layout!(SpecialMapping, size = 32, cur = 0, park = 8, target = 16, len = 
 assert_layout!(PrctlMmMap, size = 104, auxv = 88, auxv_size = 96, exe_fd = 100);
 assert_layout!(
     RestoreArgs,
-    size = 88 + 96 + 104 + 1024 + 8 + 16 + 8 + 96 + 56 + 24,
+    size = 88 + 96 + 104 + 1024 + 8 + 16 + 8 + 96 + 56 + 24 + 256 + 16 + 152,
     stack_top = 0,
     magic = 8,
     region_start = 16,
@@ -357,9 +476,37 @@ assert_layout!(
     timers = 1496,
     nr_timers = 1504,
     timer_restore_ids = 1512,
+    rlimits = 1520,
+    rlimits_set = 1776,
+    dumpable = 1780,
+    pdeathsig = 1784,
+    creds_done = 1788,
+    creds = 1792,
+);
+assert_layout!(Rlimit, size = 16, cur = 0, max = 8);
+assert_layout!(SeccompFilter, size = 16, insns = 0, nr_insns = 8, flags = 12);
+assert_layout!(
+    ThreadCreds,
+    size = 152,
+    valid = 0,
+    securebits = 4,
+    uids = 8,
+    gids = 24,
+    groups = 40,
+    nr_groups = 48,
+    cap_eff = 56,
+    cap_amb = 88,
+    no_new_privs = 96,
+    seccomp_mode = 100,
+    filters = 104,
+    nr_filters = 112,
+    sched_valid = 120,
+    nice = 132,
+    affinity = 136,
+    affinity_len = 144,
 );
 assert_layout!(CloneArgs, size = 80, flags = 0, exit_signal = 32, stack = 40, tls = 56, set_tid = 64, set_tid_size = 72);
-assert_layout!(ThreadArgs, size = 184, clone = 0, tid = 80, sigframe = 88, gs_base = 96, rseq_ptr = 104, tid_address = 120, robust_list = 128, comm = 144, result = 160, step = 168, restore_args = 176);
+assert_layout!(ThreadArgs, size = 336, creds = 184, clone = 0, tid = 80, sigframe = 88, gs_base = 96, rseq_ptr = 104, tid_address = 120, robust_list = 128, comm = 144, result = 160, step = 168, restore_args = 176);
 assert_layout!(PosixTimerArgs, size = 104, id = 0, clock = 4, sigev_value = 8, sigev_signo = 16, sigev_notify = 20, sigev_tid = 24, interval_sec = 72, value_sec = 88);
 assert_layout!(PendingSig, size = 136, tid = 0, signo = 4, siginfo = 8);
 

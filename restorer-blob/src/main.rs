@@ -14,11 +14,13 @@
 //! 7. creates the other threads with their saved TIDs (clone3 `set_tid`);
 //!    each sets its own per-thread state, counts itself ready and waits,
 //! 8. queues the signals pending for single threads, creates the POSIX
-//!    timers under their ids (`timers`), arms the itimers and the POSIX
-//!    timers,
+//!    timers under their ids (`timers`), sets the resource limits, arms
+//!    the itimers and the POSIX timers,
 //! 9. reports to the tracing host with `int3` (rax = 0), releases the
-//!    threads and calls rt_sigreturn on the sigframe the host prepared;
-//!    every thread does the same on its own frame.
+//!    threads, applies its scheduling, credentials and seccomp state
+//!    ([`creds`], after every thread did its own) and calls rt_sigreturn
+//!    on the sigframe the host prepared; every thread does the same on its
+//!    own frame.
 //!
 //! On failure it stops at `int3` with rax = -errno, rdi = step, rsi = item
 //! index, and never continues: the host kills it.
@@ -26,6 +28,8 @@
 #![no_main]
 
 rcr_abi::blob_mem_functions!();
+
+mod creds;
 
 use rcr_abi::sys;
 
@@ -125,6 +129,7 @@ extern "C" fn restore_main(args: *const RestoreArgs) -> ! {
     spawn_threads(a);
     queue_pending(a);
     timers::create(a);
+    creds::set_rlimits(a).unwrap_or_else(|(step, i, err)| fail(step, i, err));
     // Timers last: they start counting as the process is about to run.
     for (which, t) in a.itimers.iter().enumerate() {
         if t.value_sec != 0 || t.value_usec != 0 {
@@ -139,6 +144,7 @@ extern "C" fn restore_main(args: *const RestoreArgs) -> ! {
         go.store(1, Ordering::Release);
         sys::syscall3(sys::NR_FUTEX, go.as_ptr() as u64, FUTEX_WAKE_PRIVATE, i32::MAX as u64);
     }
+    creds::leader_after_go(a).unwrap_or_else(|(step, i, err)| fail(step, i, err));
     sigreturn(a.sigframe)
 }
 
@@ -249,6 +255,7 @@ extern "C" fn thread_main(t: *mut ThreadArgs) -> ! {
     while go.load(Ordering::Acquire) == 0 {
         sys::syscall4(sys::NR_FUTEX, go.as_ptr() as u64, FUTEX_WAIT_PRIVATE, 0, 0);
     }
+    creds::thread_after_go(t, a);
     sigreturn(t.sigframe)
 }
 

@@ -31,7 +31,6 @@ use crate::tree::{self, Scope};
 use crate::{fault, log, mm, proc};
 use anyhow::{bail, Context, Result};
 use rcr_abi::parasite::{ITimerVal, TaskMisc};
-use std::collections::HashMap;
 use std::path::PathBuf;
 
 #[derive(Debug, Clone)]
@@ -148,6 +147,7 @@ fn dump_process(p: &Process, is_root: bool, dir: &ImageDir, shared: &mut DumpCx,
     }
     let pagemap = write_pages(leader, &mut parasite, dir, &c, via)?;
     parasite.cure()?;
+    crate::creds::dump::collect(p, &mut c.core)?;
     c.core.pending = pending_signals(leader, true)?;
     for (t, tc) in p.threads[1..].iter().zip(c.core.threads.iter_mut()) {
         tc.pending = pending_signals(t, false)?;
@@ -157,29 +157,10 @@ fn dump_process(p: &Process, is_root: bool, dir: &ImageDir, shared: &mut DumpCx,
     Ok(c.core.xsave.len())
 }
 
-/// Credentials are not carried yet: the restored process gets rcr's. So
-/// refuse a target whose credentials differ from rcr's own, naming them.
-fn check_credentials(pid: i32, status: &HashMap<String, String>) -> Result<()> {
-    let mine = proc::status(std::process::id() as i32)?;
-    const KEYS: [&str; 10] = ["Uid", "Gid", "Groups", "CapInh", "CapPrm", "CapEff", "CapBnd", "CapAmb", "NoNewPrivs", "Seccomp"];
-    for key in KEYS {
-        let (theirs, ours) = (status.get(key), mine.get(key));
-        if theirs != ours {
-            bail!(
-                "pid {pid} has {key} {:?} but rcr runs with {:?}; rcr cannot carry credentials yet",
-                theirs.map(String::as_str).unwrap_or("?"),
-                ours.map(String::as_str).unwrap_or("?")
-            );
-        }
-    }
-    Ok(())
-}
-
 fn collect(t: &Tracee, p: &mut Parasite, shared: &mut DumpCx, is_root: bool) -> Result<Collected> {
     let pid = t.pid();
     let st = proc::stat(pid)?;
     let status = proc::status(pid)?;
-    check_credentials(pid, &status)?;
     let misc = p.misc()?;
     if is_root && misc.pdeathsig != 0 {
         bail!("pid {pid} has a parent-death signal ({}); rcr cannot carry it for the root of the tree (its parent changes on restore)", misc.pdeathsig);
@@ -228,6 +209,7 @@ fn collect_thread(t: &Tracee, p: &mut Parasite) -> Result<pb::ThreadCore> {
         robust_list,
         robust_list_len,
         pending: Vec::new(),
+        ..Default::default()
     })
 }
 

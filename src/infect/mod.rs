@@ -29,6 +29,7 @@ use anyhow::{bail, Context, Result};
 use std::mem::MaybeUninit;
 
 pub mod parasite;
+pub mod seccomp;
 
 const PTRACE_EVENT_STOP: i32 = 128;
 const NT_X86_XSTATE: libc::c_int = 0x202;
@@ -136,15 +137,20 @@ impl Tracee {
         let t = Tracee { pid, attached: true, gadgets: Default::default(), _not_send: std::marker::PhantomData };
         ptrace(libc::PTRACE_INTERRUPT, pid, 0, 0).with_context(|| format!("PTRACE_INTERRUPT pid {pid}"))?;
         t.wait_for_interrupt()?;
+        t.suspend_seccomp_if_needed(opts)?;
         Ok(t)
     }
 
     /// Attaches to a child that is already ours (restore side), without
     /// stopping it; the processes and threads it creates are attached too,
     /// with the same options. They all die if rcr dies before detaching.
+    /// With PTRACE_O_SUSPEND_SECCOMP too (inherited the same way, cleared
+    /// on detach): the seccomp filters the blobs install do not act until
+    /// rcr lets the tree go.
     pub fn seize_child(pid: i32) -> Result<Self> {
         let opts = (libc::PTRACE_O_TRACESYSGOOD | libc::PTRACE_O_EXITKILL | libc::PTRACE_O_TRACEFORK | libc::PTRACE_O_TRACECLONE) as usize;
-        ptrace(libc::PTRACE_SEIZE, pid, 0, opts).with_context(|| format!("PTRACE_SEIZE pid {pid}"))?;
+        let suspend = opts | libc::PTRACE_O_SUSPEND_SECCOMP as usize;
+        ptrace(libc::PTRACE_SEIZE, pid, 0, suspend).with_context(|| format!("PTRACE_SEIZE pid {pid} with PTRACE_O_SUSPEND_SECCOMP"))?;
         Ok(Tracee { pid, attached: true, gadgets: Default::default(), _not_send: std::marker::PhantomData })
     }
 

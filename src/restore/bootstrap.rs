@@ -5,7 +5,7 @@
 //! fds it opened, and jumps.
 //!
 //! ```text
-//! | code | RestoreArgs, VmaEntry[], PageRun[], ThreadArgs[], PendingSig[], PosixTimerArgs[] |
+//! | code | RestoreArgs, VmaEntry[], PageRun[], ThreadArgs[], PendingSig[], PosixTimerArgs[], creds data |
 //! | sigframe | a sigframe per other thread | stack | a stack per other thread | vDSO park |
 //! ```
 #![allow(unsafe_code)]
@@ -81,7 +81,8 @@ impl Region {
         let pending_off = threads_off + nthreads * size_of::<ThreadArgs>() as u64;
         let (timers, timer_restore_ids) = crate::timers::blob_args(core);
         let timers_off = pending_off + (pending.len() * size_of::<PendingSig>()) as u64;
-        let frame_off = page_up(timers_off + (timers.len() * size_of::<PosixTimerArgs>()) as u64);
+        let creds_off = (timers_off + (timers.len() * size_of::<PosixTimerArgs>()) as u64).next_multiple_of(8);
+        let frame_off = page_up(creds_off + crate::creds::restore::pack(core, 0).data.len() as u64);
         let frame_len = page_up(sigframe::frame_size(core.xsave.len()) as u64);
         let stack_off = frame_off + frame_len * (1 + nthreads);
         let park_off = stack_off + STACK_SIZE + THREAD_STACK * nthreads;
@@ -90,6 +91,7 @@ impl Region {
         let start = find_hole(busy, len)?;
         map_fixed(start, len)?;
         let r = Region { start, len, args_off, vmas_off, nr_vmas: plan.vmas.len() };
+        let creds = crate::creds::restore::pack(core, start + creds_off);
 
         // SAFETY: [start, start+len) was just mapped read-write by us and is
         // referenced by nothing else; every write below stays inside it
@@ -105,6 +107,7 @@ impl Region {
             std::ptr::copy_nonoverlapping(pending.as_ptr(), sigs, pending.len());
             let tmrs = base.add(timers_off as usize) as *mut PosixTimerArgs;
             std::ptr::copy_nonoverlapping(timers.as_ptr(), tmrs, timers.len());
+            std::ptr::copy_nonoverlapping(creds.data.as_ptr(), base.add(creds_off as usize), creds.data.len());
             let frame = std::slice::from_raw_parts_mut(base.add(frame_off as usize), frame_len as usize);
             // All signals stay blocked through rt_sigreturn (pending ones and
             // fresh timer ticks included) until rcr, done with the task,
@@ -119,7 +122,8 @@ impl Region {
                     .with_context(|| format!("thread {}", t.tid))?;
                 let slot = threads_off + i * size_of::<ThreadArgs>() as u64;
                 let stack = start + stack_off + STACK_SIZE + THREAD_STACK * i;
-                let ta = thread_args(t, start + slot, start + at, stack, start + args_off);
+                let mut ta = thread_args(t, start + slot, start + at, stack, start + args_off);
+                ta.creds = creds.threads[i as usize];
                 std::ptr::write(base.add(slot as usize) as *mut ThreadArgs, ta);
             }
         }
@@ -130,6 +134,8 @@ impl Region {
             }
         }
         let mut mm_map = plan.mm_map;
+        let (rlimits, rlimits_set) = crate::creds::restore::rlimits(core);
+        let (dumpable, pdeathsig) = crate::creds::restore::task_flags(core);
         let args = RestoreArgs {
             stack_top: start + stack_off + STACK_SIZE,
             magic: RESTORE_ARGS_MAGIC,
@@ -163,6 +169,12 @@ impl Region {
             timers: start + timers_off,
             nr_timers: timers.len() as u64,
             timer_restore_ids,
+            rlimits,
+            rlimits_set,
+            dumpable,
+            pdeathsig,
+            creds_done: 0,
+            creds: creds.leader,
         };
         mm_map.auxv = start + args_off + std::mem::offset_of!(RestoreArgs, auxv) as u64;
         let args = RestoreArgs { mm_map, ..args };
@@ -254,6 +266,7 @@ fn thread_args(t: &pb::ThreadCore, slot: u64, frame: u64, stack: u64, restore_ar
         result: 0,
         step: 0,
         restore_args,
+        creds: Default::default(),
     }
 }
 

@@ -153,6 +153,7 @@ fn prepare(l: &Loaded, files: &FileTable, fd_images: &files::fds::Images, region
     nix::sys::prctl::set_name(&std::ffi::CString::new(l.core.comm.as_bytes()).unwrap_or_default()).context("PR_SET_NAME")?;
     restore_sigactions(&l.core)?;
     restore_task_flags(&l.core)?;
+    crate::creds::restore::set_oom_score_adj(&l.core)?;
     queue_pending(&l.core)?;
     unregister_own_rseq()?;
     Ok(())

@@ -270,6 +270,7 @@ fn validate(tree: &Tree) -> Result<()> {
         }
         arch::check_xsave_compatible(&l.core.xsave, host_xsave_size())?;
         crate::timers::validate(&l.core)?;
+        crate::creds::restore::validate(p.entry.pid, &l.core)?;
     }
     Ok(())
 }
@@ -340,6 +341,9 @@ pub fn describe_blob_failure(l: &Loaded, step: u64, index: u64, rax: i64) -> Str
     let err = std::io::Error::from_raw_os_error((-rax) as i32);
     let step = RestoreStep::from_u64(step);
     let what = step.map(RestoreStep::describe).unwrap_or("an unknown step");
+    if let Some(item) = step.and_then(|s| crate::creds::restore::describe_item(s, index, &l.core)) {
+        return format!("restorer blob failed {what}{item}: {err}");
+    }
     let item = match step {
         Some(RestoreStep::MapVma | RestoreStep::Protect | RestoreStep::Madvise) => l
             .plan

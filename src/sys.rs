@@ -419,7 +419,7 @@ pub fn clock_now_ns(clockid: i32) -> std::io::Result<i64> {
     let mut t = ns_ts(0);
     // SAFETY: the kernel writes one timespec into a local.
     cvt(unsafe { libc::clock_gettime(clockid, &mut t) } as libc::c_long)?;
-    Ok(t.tv_sec as i64 * 1_000_000_000 + t.tv_nsec as i64)
+    Ok(t.tv_sec * 1_000_000_000 + t.tv_nsec)
 }
 
 pub fn epoll_create() -> std::io::Result<OwnedFd> {

@@ -18,7 +18,11 @@
 //! bit any more) is added with the events its file reports now and fired
 //! once with epoll_wait, which leaves it disabled as it was; if its file
 //! reports nothing, it is added with its saved bits, and the kernel adds
-//! EPOLLERR|EPOLLHUP (it then reports only an error or a hang-up).
+//! EPOLLERR|EPOLLHUP (it then reports only an error or a hang-up). Each
+//! process adds its fired oneshots before anything else, so that
+//! epoll_wait sees only them; if another process registers in the same
+//! epoll at that very moment, an edge-triggered item of its own that is
+//! ready could be consumed by that epoll_wait (a known narrow race).
 use super::fds::{CreateCx, DumpCx, Fd, Images};
 use crate::images::pb::{file_desc::Kind, Epoll, EpollTarget, FdEntry, FileDesc};
 use anyhow::{anyhow, bail, Context, Result};

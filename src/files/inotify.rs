@@ -136,7 +136,7 @@ fn make(i: &Inotify) -> Result<OwnedFd> {
                 bail!("throw-away watch got wd {got}, expected {next}: the kernel does not hand out wds as rcr expects");
             }
             next += 1;
-            if next % 1024 == 0 {
+            if next.is_multiple_of(1024) {
                 drain(&fd)?;
             }
         }

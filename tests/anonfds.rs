@@ -94,6 +94,28 @@ fn anonfds_leave_running() {
     t.assert_log_pass(1);
 }
 
+/// An epoll shared by a parent and its child, with a registration only the
+/// child holds at its fd number (the parent closed it): the child makes it
+/// again, and the parent sees it report.
+#[test]
+fn anonfds_restore_shared_epoll() {
+    let Some(mut t) = start("anonfds_restore_shared_epoll", &["shared"]) else { return };
+    let child = wait_until("the victim's child", || {
+        let c = std::fs::read_to_string(format!("/proc/{}/task/{}/children", t.pid, t.pid)).ok()?;
+        c.split_whitespace().next()?.parse::<i32>().ok()
+    });
+    t.track(&[child]);
+    let before = outside(t.pid);
+    t.dump_ok(&[]);
+    t.reap_victim();
+    wait_pids_gone(&[child], "the dumped child");
+    let pid = t.restore(&[]);
+    assert_eq!(pid, t.pid, "restored with a different PID");
+    assert!(pid_exists(child), "the child {child} was not restored");
+    assert_same_outside(&before, pid, "after restore");
+    t.go_expect_pass();
+}
+
 /// A refused dump: the error names `culprit`, and the victim runs on as it
 /// was and passes.
 fn refused(name: &str, mode: &str, culprit: &[&str]) {

@@ -34,12 +34,18 @@
  * report a create (wd 2), a modify then IN_IGNORED (wd 3, oneshot) and an
  * attrib (wd 6), and the next new watch gets wd 7.
  *
+ * Mode "shared": after setup, an eventfd at fd 42 is registered in EP
+ * (IN, 0x8888), then the victim forks a child that keeps fd 42 and the
+ * parent closes it: only the child can register it again (its fd 42). After
+ * go the parent sends SIGUSR2 to the child, which writes the eventfd: EP,
+ * shared by both, must report 0x8888 to the parent; the child then exits.
+ *
  * Modes (argv[2]): "queued" leaves an inotify event unread at READY (rcr
  * must refuse the dump; the victim reads it after go); "moved" registers
  * an eventfd in EP at fd 40, then moves it to fd 41 (rcr must refuse: no
  * process has the registered file at fd 40).
  *
- * usage: anonfds GO_FILE [queued|moved]
+ * usage: anonfds GO_FILE [queued|moved|shared]
  */
 #define _GNU_SOURCE
 #include "victim.h"
@@ -54,6 +60,7 @@
 #include <sys/signalfd.h>
 #include <sys/stat.h>
 #include <sys/timerfd.h>
+#include <sys/wait.h>
 
 enum { EFD1 = 20, EFD2, SFD, TFD1, TFD2, TFD3, TFD4, EP, EP2, PIPE_R, PIPE_W, INO };
 #define NFDS 12
@@ -254,8 +261,6 @@ static void setup(const char *mode)
 	setup_timers();
 	setup_epoll(mode);
 	setup_inotify(mode);
-	for (int i = 0; i < NFDS; i++)
-		stable(EFD1 + i, saved[i], sizeof(saved[i]));
 }
 
 /* The data of the items EP reports within `ms` (bit i: data 0x1111*(i+1)). */
@@ -266,12 +271,61 @@ static unsigned ep_ready(int ms)
 	int n = epoll_wait(EP, evs, 16, ms);
 	for (int i = 0; i < n; i++) {
 		uint64_t d = evs[i].data.u64;
-		if (d % 0x1111 == 0 && d / 0x1111 >= 1 && d / 0x1111 <= 7)
+		if (d % 0x1111 == 0 && d / 0x1111 >= 1 && d / 0x1111 <= 8)
 			got |= 1u << (d / 0x1111 - 1);
 		else
 			check(0, "epoll reported unknown data %#llx", (unsigned long long)d);
 	}
 	return got;
+}
+
+static int reported_within(unsigned bit, int ms);
+static pid_t child;
+
+/* Mode "shared": the registration only the child holds at its number. */
+static void setup_shared(void)
+{
+	place(eventfd(0, 0), 42);
+	epoll_add(EP, EPOLL_CTL_ADD, 42, EPOLLIN, 0x8888);
+	child = fork();
+	if (child < 0)
+		fail("fork: %s", strerror(errno));
+	if (child == 0) {
+		sigset_t s;
+		int sig;
+		uint64_t one = 1;
+		sigemptyset(&s);
+		sigaddset(&s, SIGUSR2);
+		sigprocmask(SIG_BLOCK, &s, NULL);
+		if (sigwait(&s, &sig) != 0 || write(42, &one, 8) != 8)
+			_exit(1);
+		sleep(1); /* the registration lives as long as this fd */
+		_exit(0);
+	}
+	close(42);
+}
+
+static void check_shared(void)
+{
+	int st;
+	kill(child, SIGUSR2);
+	check(reported_within(128u, 1000), "the registration the child made (0x8888) was not reported");
+	check(waitpid(child, &st, 0) == child && WIFEXITED(st) && WEXITSTATUS(st) == 0, "the child failed (status %#x)", st);
+}
+
+/* Whether EP reports the item with bit `bit` (see ep_ready) within `ms`
+ * (EP2 is always ready, so one epoll_wait does not wait for it). */
+static int reported_within(unsigned bit, int ms)
+{
+	struct timespec t0, t;
+	clock_gettime(CLOCK_MONOTONIC, &t0);
+	do {
+		if (ep_ready(10) & bit)
+			return 1;
+		sleep_10ms();
+		clock_gettime(CLOCK_MONOTONIC, &t);
+	} while ((t.tv_sec - t0.tv_sec) * 1000 + (t.tv_nsec - t0.tv_nsec) / 1000000 <= ms);
+	return 0;
 }
 
 static void check_counters(void)
@@ -290,17 +344,16 @@ static void check_epoll(void)
 	check(got == (1u | 1u << 6), "epoll reported %#x at first, expected EFD1 and EP2 (bits 0 and 6)", got);
 	if (write(PIPE_W, "x", 1) != 1)
 		fail("write pipe");
-	got = ep_ready(100);
-	check(got & 8u, "epoll did not report the pipe (0x4444) after a write: %#x", got);
+	check(reported_within(8u, 100), "epoll did not report the pipe (0x4444) after a write: %#x", got);
 	got = ep_ready(0);
 	check(!(got & 8u), "the edge-triggered pipe was reported twice: %#x", got);
 	kill(getpid(), SIGUSR1);
-	check(ep_ready(100) & 4u, "epoll did not report the signalfd (0x3333) after SIGUSR1");
+	check(reported_within(4u, 100), "epoll did not report the signalfd (0x3333) after SIGUSR1");
 	struct signalfd_siginfo si;
 	check(read(SFD, &si, sizeof(si)) == sizeof(si) && si.ssi_signo == SIGUSR1, "signalfd did not read SIGUSR1");
 	check(!(ep_ready(0) & 16u), "the fired oneshot (0x5555) was reported before being re-armed");
 	epoll_add(EP, EPOLL_CTL_MOD, EFD2, EPOLLIN | EPOLLONESHOT, 0x5555);
-	check(ep_ready(100) & 16u, "the oneshot (0x5555) was not reported after EPOLL_CTL_MOD");
+	check(reported_within(16u, 100), "the oneshot (0x5555) was not reported after EPOLL_CTL_MOD");
 }
 
 static long long now_ns(void)
@@ -314,7 +367,7 @@ static void check_timers(void)
 {
 	uint64_t ticks = 0;
 	check(read(TFD2, &ticks, 8) == 8 && ticks == 1, "TFD2 read %llu ticks, expected the 1 unread", (unsigned long long)ticks);
-	check(ep_ready(200) & 2u, "epoll did not report TFD1 (0x2222) within 200 ms");
+	check(reported_within(2u, 200), "epoll did not report TFD1 (0x2222) within 200 ms");
 	check(read(TFD1, &ticks, 8) == 8, "read TFD1");
 	long long t0 = now_ns(), n = 0;
 	while (n < 4 && read(TFD1, &ticks, 8) == 8)
@@ -375,7 +428,7 @@ static void check_inotify(void)
 
 int main(int argc, char **argv)
 {
-	need_args(argc, argv, 1, "GO_FILE [queued|moved]");
+	need_args(argc, argv, 1, "GO_FILE [queued|moved|shared]");
 	const char *mode = argc > 2 ? argv[2] : "";
 	char go[512];
 	snprintf(go, sizeof(go), "%s", argv[1]);
@@ -385,6 +438,10 @@ int main(int argc, char **argv)
 	snprintf(file5, sizeof(file5), "%s/file5", dir);
 	snprintf(file7, sizeof(file7), "%s/file7", dir);
 	setup(mode);
+	if (!strcmp(mode, "shared"))
+		setup_shared();
+	for (int i = 0; i < NFDS; i++)
+		stable(EFD1 + i, saved[i], sizeof(saved[i]));
 	ready();
 	wait_for_go(argv[1]);
 	if (!strcmp(mode, "queued"))
@@ -398,6 +455,8 @@ int main(int argc, char **argv)
 	check_counters();
 	check_timers();
 	check_inotify();
+	if (!strcmp(mode, "shared"))
+		check_shared();
 	if (failed)
 		exit(1);
 	pass();

@@ -381,3 +381,146 @@ pub fn sched_affinity(tid: i32) -> std::io::Result<Vec<u64>> {
     }
     Ok(words)
 }
+
+// ---------------------------------------------------------------------------
+// Anonymous-inode files (files::{eventfd, signalfd, timerfd, epoll, inotify})
+// ---------------------------------------------------------------------------
+
+/// An eventfd with counter `count` and `flags` (EFD_SEMAPHORE...): created
+/// at 0, then written, since eventfd2 takes only 32 bits.
+pub fn eventfd(count: u64, flags: i32) -> std::io::Result<OwnedFd> {
+    // SAFETY: eventfd2 takes no pointers; the fd is new and ours.
+    let fd = own(cvt(unsafe { libc::eventfd(0, flags) } as libc::c_long)? as RawFd);
+    if count != 0 {
+        // SAFETY: writes the 8 bytes of a local.
+        cvt(unsafe { libc::write(std::os::fd::AsRawFd::as_raw_fd(&fd), (&count as *const u64).cast(), 8) } as libc::c_long)?;
+    }
+    Ok(fd)
+}
+
+/// A signalfd for the signals of `mask` (bit n-1: signal n).
+pub fn signalfd(mask: u64, flags: i32) -> std::io::Result<OwnedFd> {
+    // SAFETY: the kernel reads 8 bytes (the size passed) of a local.
+    let fd = cvt(unsafe { libc::syscall(libc::SYS_signalfd4, -1, &mask as *const u64, 8usize, flags) })?;
+    Ok(own(fd as RawFd))
+}
+
+pub fn timerfd_create(clockid: i32, flags: i32) -> std::io::Result<OwnedFd> {
+    // SAFETY: no pointers; the fd is new and ours.
+    Ok(own(cvt(unsafe { libc::timerfd_create(clockid, flags) } as libc::c_long)? as RawFd))
+}
+
+fn ts_ns(t: &libc::timespec) -> u64 {
+    t.tv_sec as u64 * 1_000_000_000 + t.tv_nsec as u64
+}
+
+fn ns_ts(ns: u64) -> libc::timespec {
+    libc::timespec { tv_sec: (ns / 1_000_000_000) as libc::time_t, tv_nsec: (ns % 1_000_000_000) as libc::c_long }
+}
+
+/// timerfd_gettime(2): (time left, interval) in ns.
+pub fn timerfd_gettime(fd: RawFd) -> std::io::Result<(u64, u64)> {
+    let mut t = libc::itimerspec { it_interval: ns_ts(0), it_value: ns_ts(0) };
+    // SAFETY: the kernel writes one itimerspec into a local.
+    cvt(unsafe { libc::timerfd_gettime(fd, &mut t) } as libc::c_long)?;
+    Ok((ts_ns(&t.it_value), ts_ns(&t.it_interval)))
+}
+
+/// timerfd_settime(2) with `flags` (TFD_TIMER_*), value and interval in ns.
+pub fn timerfd_settime(fd: RawFd, flags: i32, value_ns: u64, interval_ns: u64) -> std::io::Result<()> {
+    let t = libc::itimerspec { it_interval: ns_ts(interval_ns), it_value: ns_ts(value_ns) };
+    // SAFETY: the kernel reads one itimerspec from a local; no old value.
+    cvt(unsafe { libc::timerfd_settime(fd, flags, &t, std::ptr::null_mut()) } as libc::c_long)?;
+    Ok(())
+}
+
+/// TFD_IOC_SET_TICKS (_IOW('T', 0, u64)): expirations waiting to be read.
+pub fn timerfd_set_ticks(fd: RawFd, ticks: u64) -> std::io::Result<()> {
+    const TFD_IOC_SET_TICKS: libc::c_ulong = 0x4008_5400;
+    // SAFETY: the kernel reads one u64 from a local.
+    cvt(unsafe { libc::ioctl(fd, TFD_IOC_SET_TICKS, &ticks as *const u64) } as libc::c_long)?;
+    Ok(())
+}
+
+/// clock_gettime(2) of `clockid`, in ns.
+pub fn clock_now_ns(clockid: i32) -> std::io::Result<i64> {
+    let mut t = ns_ts(0);
+    // SAFETY: the kernel writes one timespec into a local.
+    cvt(unsafe { libc::clock_gettime(clockid, &mut t) } as libc::c_long)?;
+    Ok(t.tv_sec * 1_000_000_000 + t.tv_nsec)
+}
+
+pub fn epoll_create() -> std::io::Result<OwnedFd> {
+    // SAFETY: no pointers; the fd is new and ours.
+    Ok(own(cvt(unsafe { libc::epoll_create1(0) } as libc::c_long)? as RawFd))
+}
+
+/// epoll_ctl(2) `op` of `fd` in `epfd` with `events` and `data`.
+pub fn epoll_ctl(epfd: RawFd, op: i32, fd: RawFd, events: u32, data: u64) -> std::io::Result<()> {
+    let mut ev = libc::epoll_event { events, u64: data };
+    // SAFETY: the kernel reads one epoll_event from a local.
+    cvt(unsafe { libc::epoll_ctl(epfd, op, fd, &mut ev) } as libc::c_long)?;
+    Ok(())
+}
+
+/// epoll_wait(2) without waiting: the (events, data) of up to `max` ready items.
+pub fn epoll_wait_now(epfd: RawFd, max: usize) -> std::io::Result<Vec<(u32, u64)>> {
+    let mut evs = vec![libc::epoll_event { events: 0, u64: 0 }; max.max(1)];
+    // SAFETY: the kernel writes at most evs.len() events into the vector.
+    let n = cvt(unsafe { libc::epoll_wait(epfd, evs.as_mut_ptr(), evs.len() as i32, 0) } as libc::c_long)? as usize;
+    Ok(evs[..n].iter().map(|e| (e.events, e.u64)).collect())
+}
+
+/// What poll(2) reports for `fd` right now (all input and output events).
+pub fn poll_now(fd: RawFd) -> std::io::Result<u32> {
+    let ev = libc::POLLIN | libc::POLLOUT | libc::POLLPRI | libc::POLLRDNORM | libc::POLLWRNORM | libc::POLLRDBAND | libc::POLLWRBAND;
+    let mut p = libc::pollfd { fd, events: ev | libc::POLLRDHUP, revents: 0 };
+    // SAFETY: one pollfd, a local.
+    cvt(unsafe { libc::poll(&mut p, 1, 0) } as libc::c_long)?;
+    Ok(p.revents as u16 as u32)
+}
+
+/// kcmp(2) KCMP_EPOLL_TFD: is fd `fd` of `pid` the file registered, as the
+/// `toff`-th registration with fd number `tfd`, in rcr's own epoll `epfd`?
+pub fn kcmp_epoll_tfd(pid: i32, fd: i32, epfd: RawFd, tfd: u32, toff: u32) -> std::io::Result<bool> {
+    const KCMP_EPOLL_TFD: i32 = 7;
+    #[repr(C)]
+    struct Slot {
+        efd: u32,
+        tfd: u32,
+        toff: u32,
+    }
+    let slot = Slot { efd: epfd as u32, tfd, toff };
+    let me = std::process::id() as i32;
+    Ok(kcmp(pid, me, KCMP_EPOLL_TFD, fd as u64, &slot as *const Slot as u64)? == 0)
+}
+
+pub fn inotify_init(flags: i32) -> std::io::Result<OwnedFd> {
+    // SAFETY: no pointers; the fd is new and ours.
+    Ok(own(cvt(unsafe { libc::inotify_init1(flags) } as libc::c_long)? as RawFd))
+}
+
+/// inotify_add_watch(2): the watch descriptor.
+pub fn inotify_add_watch(fd: RawFd, path: &CStr, mask: u32) -> std::io::Result<i32> {
+    // SAFETY: path is NUL-terminated.
+    Ok(cvt(unsafe { libc::inotify_add_watch(fd, path.as_ptr(), mask) } as libc::c_long)? as i32)
+}
+
+pub fn inotify_rm_watch(fd: RawFd, wd: i32) -> std::io::Result<()> {
+    // SAFETY: no pointers.
+    cvt(unsafe { libc::inotify_rm_watch(fd, wd) } as libc::c_long)?;
+    Ok(())
+}
+
+/// open_by_handle_at(2) of the handle (`kind`, `bytes`) on the filesystem
+/// of `mount_fd`, with `flags` (O_PATH...).
+pub fn open_by_handle(mount_fd: RawFd, kind: i32, bytes: &[u8], flags: i32) -> std::io::Result<OwnedFd> {
+    // struct file_handle { u32 handle_bytes; i32 handle_type; u8 f_handle[]; }
+    let mut buf = Vec::with_capacity(8 + bytes.len());
+    buf.extend_from_slice(&(bytes.len() as u32).to_ne_bytes());
+    buf.extend_from_slice(&kind.to_ne_bytes());
+    buf.extend_from_slice(bytes);
+    // SAFETY: `buf` holds a complete struct file_handle of handle_bytes bytes.
+    let fd = cvt(unsafe { libc::syscall(libc::SYS_open_by_handle_at, mount_fd, buf.as_mut_ptr(), flags) })?;
+    Ok(own(fd as RawFd))
+}

@@ -105,7 +105,7 @@ fn dump_tree(frozen: &Frozen, dir: &ImageDir, o: &Options) -> Result<()> {
         }
     }
     let pids: Vec<i32> = frozen.procs.iter().map(|p| p.pid).collect();
-    files::fds::finish(&shared, &pids)?;
+    files::fds::finish(&mut shared, &pids)?;
     write_tree_images(dir, o.pid, &pstree, &shared, xsave_size)
 }
 

@@ -13,7 +13,7 @@
 //! ([`create_all`], each kind's `create`), at fd numbers above all the
 //! tree's; every process inherits them all, dups its own to their numbers
 //! ([`place`]), runs the per-process steps that need its fd numbers
-//! ([`after_fds`]: epoll registrations) and closes the rest. So what was
+//! ([`after_fds`]: timers armed, epoll registrations) and closes the rest. So what was
 //! shared is shared again: offsets, status flags, pipe buffers, sockets.
 use super::pipe::PipeTable;
 use super::{epoll, eventfd, fifo, ghost, inotify, memfd, pipe, reg, signalfd, timerfd, unix, FileTable};
@@ -194,9 +194,10 @@ fn dump_kind(f: &Fd, cx: &mut DumpCx) -> Result<Kind> {
 
 /// Checks that need the whole tree, once every process was dumped
 /// (`tree`: the dumped PIDs): peers and other ends held outside it.
-pub fn finish(cx: &DumpCx, tree: &[i32]) -> Result<()> {
+pub fn finish(cx: &mut DumpCx, tree: &[i32]) -> Result<()> {
     cx.pipes.check_complete(tree)?;
     unix::finish(cx, tree)?;
+    epoll::finish(cx, tree)?;
     Ok(())
 }
 
@@ -306,5 +307,6 @@ pub fn place(fds: &[FdEntry], created: &HashMap<u32, RawFd>) -> Result<()> {
 /// In a restore child, once its fds are in place: the steps that need the
 /// process's own fd numbers.
 pub fn after_fds(pid: i32, fds: &[FdEntry], images: &Images) -> Result<()> {
+    timerfd::after_fds(pid, fds, images)?;
     epoll::after_fds(pid, fds, images)
 }

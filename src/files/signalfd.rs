@@ -1,17 +1,24 @@
-//! signalfd: its signal mask.
+//! signalfd: its signal mask (fdinfo `sigmask:`); O_NONBLOCK is a status
+//! flag the fd framework restores. Signals pending for the process are
+//! carried with the process (core image), so a signalfd reads them again.
 use super::fds::{CreateCx, Fd};
-use crate::images::pb::{file_desc::Kind, FileDesc};
-use anyhow::{bail, Result};
+use crate::images::pb::{file_desc::Kind, FileDesc, SignalFd};
+use anyhow::{Context, Result};
 
-/// Dump side: not carried yet.
+/// Dump side: the mask.
 pub fn dump(f: &Fd) -> Result<Kind> {
-    Err(f.refuse("it is a signalfd, which this version does not carry"))
+    let mask = super::eventfd::field(&f.info.text, "sigmask:").and_then(|v| u64::from_str_radix(v, 16).ok());
+    let mask = mask.ok_or_else(|| f.refuse("its fdinfo has no readable `sigmask:` line"))?;
+    Ok(Kind::Signalfd(SignalFd { mask }))
 }
 
-/// Restore side.
-pub fn create(descs: &[&FileDesc], _cx: &mut CreateCx) -> Result<()> {
-    if let Some(d) = descs.first() {
-        bail!("fds.img: description {} ({}): a signalfd, which this version does not restore", d.id, d.link);
+/// Restore side: one signalfd per description.
+pub fn create(descs: &[&FileDesc], cx: &mut CreateCx) -> Result<()> {
+    for d in descs {
+        let Some(Kind::Signalfd(s)) = &d.kind else { continue };
+        let fd = crate::sys::signalfd(s.mask, libc::SFD_CLOEXEC)
+            .with_context(|| format!("fds.img: description {} ({}): signalfd with mask {:#x}", d.id, d.link, s.mask))?;
+        cx.out.insert(d.id, fd);
     }
     Ok(())
 }

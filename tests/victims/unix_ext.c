@@ -4,6 +4,9 @@
  *
  *   unix_ext GO_FILE stream PATH   a stream socket connected to PATH
  *   unix_ext GO_FILE dgram PATH    a datagram socket connected to PATH
+ *   unix_ext GO_FILE tcp|udp|netlink|packet -
+ *                                  holds a socket of that kind (rcr refuses
+ *                                  it); after go just prints PASS
  *
  * The datagram socket is bound to PATH-cl (so the peer can answer).
  * After go it sends "after-go" on the socket (the test receives it) and
@@ -20,6 +23,23 @@ int main(int argc, char **argv)
 {
 	need_args(argc, argv, 3, "GO_FILE stream|dgram PATH");
 	int dgram = strcmp(argv[2], "dgram") == 0;
+	int other = -2;
+	if (!strcmp(argv[2], "tcp"))
+		other = socket(AF_INET, SOCK_STREAM, 0);
+	else if (!strcmp(argv[2], "udp"))
+		other = socket(AF_INET6, SOCK_DGRAM, 0);
+	else if (!strcmp(argv[2], "netlink"))
+		other = socket(AF_NETLINK, SOCK_RAW, 0);
+	else if (!strcmp(argv[2], "packet"))
+		other = socket(AF_PACKET, SOCK_DGRAM, 0);
+	if (other == -1)
+		fail("socket %s: %s", argv[2], strerror(errno));
+	if (other >= 0) {
+		say("SOCKET fd=%d", other);
+		ready();
+		wait_for_go(argv[1]);
+		pass();
+	}
 	struct sockaddr_un a = { .sun_family = AF_UNIX };
 	strncpy(a.sun_path, argv[3], sizeof(a.sun_path) - 1);
 	int s = socket(AF_UNIX, dgram ? SOCK_DGRAM : SOCK_STREAM, 0);

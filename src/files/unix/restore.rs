@@ -15,10 +15,11 @@
 //!    order, after every accepted connection was accepted;
 //! 5. datagram sockets connected one way (or, with --ext-unix-sk, to a
 //!    socket outside the tree): connect to the peer's name;
-//! 6. SO_PASSCRED, SO_SNDBUF, SO_RCVBUF;
+//! 6. SO_SNDBUF, SO_RCVBUF;
 //! 7. queued messages, sent again in order from the peer (datagrams from
 //!    the socket that had the sender's name, or from an unnamed socket);
-//! 8. stand-in peers closed, SO_PEEK_OFF, shutdowns.
+//! 8. stand-in peers closed, SO_PASSCRED (a socket with it set that
+//!    sends gets bound to a name), SO_PEEK_OFF, shutdowns.
 use super::{diag, show_name, ESTABLISHED, LISTEN};
 use crate::files::fds::CreateCx;
 use crate::images::pb::{file_desc::Kind, FileDesc, UnixMessage, UnixSocket};
@@ -31,6 +32,10 @@ use std::os::unix::ffi::OsStrExt;
 use std::os::unix::fs::{FileTypeExt, MetadataExt, PermissionsExt};
 
 const DGRAM: u32 = libc::SOCK_DGRAM as u32;
+
+/// Where a queued message is sent from: a socket, and the name to send it
+/// to (None: the socket's connected peer).
+type Route<'s> = (RawFd, Option<&'s [u8]>);
 
 struct Builder<'a> {
     by_ino: HashMap<u64, (&'a FileDesc, &'a UnixSocket)>,
@@ -213,9 +218,6 @@ impl Builder<'_> {
     fn set_options(&self, s: &UnixSocket) -> Result<()> {
         let fd = self.fd(s)?;
         let set = |o, v, name: &str| sys::setsockopt_int(fd, libc::SOL_SOCKET, o, v).with_context(|| self.what(s, &format!("setting {name} {v}")));
-        if s.passcred {
-            set(libc::SO_PASSCRED, 1, "SO_PASSCRED")?;
-        }
         for (get, force, want, name) in [(libc::SO_SNDBUF, libc::SO_SNDBUFFORCE, s.sndbuf, "SO_SNDBUF"), (libc::SO_RCVBUF, libc::SO_RCVBUFFORCE, s.rcvbuf, "SO_RCVBUF")] {
             if want > 0 && sys::getsockopt_int(fd, libc::SOL_SOCKET, get).ok() != Some(want) {
                 set(force, want / 2, name).or_else(|_| set(get, want / 2, name))?;
@@ -243,7 +245,7 @@ impl Builder<'_> {
 
     /// Who sends a queued message again, and to which name (None: its
     /// connected peer). None: a temporary unnamed socket, to `s`'s name.
-    fn sender<'s>(&self, s: &'s UnixSocket, m: &UnixMessage) -> Result<Option<(RawFd, Option<&'s [u8]>)>> {
+    fn sender<'s>(&self, s: &'s UnixSocket, m: &UnixMessage) -> Result<Option<Route<'s>>> {
         if let Some(f) = self.feeders.get(&s.inode) {
             return Ok(Some((f.as_raw_fd(), None)));
         }
@@ -268,9 +270,13 @@ impl Builder<'_> {
         Ok(Some((self.fd(o)?, to)))
     }
 
-    /// SO_PEEK_OFF and the shutdown state, once all data is in.
+    /// SO_PASSCRED, SO_PEEK_OFF and the shutdown state, once all data is
+    /// in (a socket with SO_PASSCRED that sends gets bound to a name).
     fn finish(&self, s: &UnixSocket) -> Result<()> {
         let fd = self.fd(s)?;
+        if s.passcred {
+            sys::setsockopt_int(fd, libc::SOL_SOCKET, libc::SO_PASSCRED, 1).with_context(|| self.what(s, "setting SO_PASSCRED"))?;
+        }
         if s.peek_off >= 0 {
             sys::setsockopt_int(fd, libc::SOL_SOCKET, libc::SO_PEEK_OFF, s.peek_off).with_context(|| self.what(s, "setting SO_PEEK_OFF"))?;
         }

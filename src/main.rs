@@ -37,6 +37,11 @@ enum Cmd {
         /// the process alone (process).
         #[arg(long = "scope", value_enum, default_value_t = rcr::tree::Scope::Tree)]
         scope: rcr::tree::Scope,
+        /// Allow unix datagram sockets connected to a named socket outside
+        /// the dumped tree (restore connects them to that name again).
+        /// Stream and seqpacket peers outside the tree are refused still.
+        #[arg(long = "ext-unix-sk")]
+        ext_unix_sk: bool,
     },
     /// Restore a process from an image directory.
     Restore {
@@ -48,6 +53,10 @@ enum Cmd {
         /// Write the PID of the restored process to this file.
         #[arg(long = "pidfile")]
         pidfile: Option<PathBuf>,
+        /// Connect unix datagram sockets whose peer was outside the dumped
+        /// tree to that peer's name again (see dump --ext-unix-sk).
+        #[arg(long = "ext-unix-sk")]
+        ext_unix_sk: bool,
     },
     /// Print an image set in readable form (like CRIU's crit).
     Show {
@@ -68,10 +77,12 @@ fn main() {
         std::process::exit(1);
     }
     let result = match cli.cmd {
-        Cmd::Dump { pid, dir, leave_running, pages_via, scope } => {
-            rcr::dump::run(&rcr::dump::Options { pid, dir, leave_running, pages_via, scope }).map(|()| 0)
+        Cmd::Dump { pid, dir, leave_running, pages_via, scope, ext_unix_sk } => {
+            rcr::dump::run(&rcr::dump::Options { pid, dir, leave_running, pages_via, scope, ext_unix_sk }).map(|()| 0)
         }
-        Cmd::Restore { dir, detached, pidfile } => rcr::restore::run(&rcr::restore::Options { dir, detached, pidfile }),
+        Cmd::Restore { dir, detached, pidfile, ext_unix_sk } => {
+            rcr::restore::run(&rcr::restore::Options { dir, detached, pidfile, ext_unix_sk })
+        }
         Cmd::Show { dir, json } => rcr::show::run(&dir, json).map(|()| 0),
         Cmd::Check => rcr::check::run(),
     };

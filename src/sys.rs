@@ -524,3 +524,199 @@ pub fn open_by_handle(mount_fd: RawFd, kind: i32, bytes: &[u8], flags: i32) -> s
     let fd = cvt(unsafe { libc::syscall(libc::SYS_open_by_handle_at, mount_fd, buf.as_mut_ptr(), flags) })?;
     Ok(own(fd as RawFd))
 }
+
+// ---------------------------------------------------------------------------
+// Sockets (unix domain sockets and the sock_diag netlink socket). Unix
+// addresses are passed as the bytes of sun_path as the kernel reports them:
+// empty for an unbound socket, a leading NUL for an abstract name.
+// ---------------------------------------------------------------------------
+
+/// socket(2), close-on-exec.
+pub fn socket(domain: i32, ty: i32, protocol: i32) -> std::io::Result<OwnedFd> {
+    // SAFETY: socket(2) takes no pointers; the new fd is ours.
+    let fd = cvt(unsafe { libc::socket(domain, ty | libc::SOCK_CLOEXEC, protocol) } as libc::c_long)?;
+    Ok(own(fd as RawFd))
+}
+
+/// socketpair(2) of AF_UNIX sockets of type `ty` (flags may be or-ed in).
+pub fn socketpair(ty: i32) -> std::io::Result<(OwnedFd, OwnedFd)> {
+    let mut fds = [0; 2];
+    // SAFETY: socketpair writes two new fds into `fds`.
+    cvt(unsafe { libc::socketpair(libc::AF_UNIX, ty, 0, fds.as_mut_ptr()) } as libc::c_long)?;
+    Ok((own(fds[0]), own(fds[1])))
+}
+
+/// getsockopt(2) of an int option.
+pub fn getsockopt_int(fd: RawFd, level: i32, opt: i32) -> std::io::Result<i32> {
+    let mut v: libc::c_int = 0;
+    let mut len = std::mem::size_of::<libc::c_int>() as libc::socklen_t;
+    // SAFETY: the kernel writes at most `len` bytes into `v`.
+    cvt(unsafe { libc::getsockopt(fd, level, opt, &mut v as *mut libc::c_int as *mut libc::c_void, &mut len) } as libc::c_long)?;
+    Ok(v)
+}
+
+/// setsockopt(2) of an int option.
+pub fn setsockopt_int(fd: RawFd, level: i32, opt: i32, v: i32) -> std::io::Result<()> {
+    let len = std::mem::size_of::<libc::c_int>() as libc::socklen_t;
+    // SAFETY: the kernel reads `len` bytes from `v`.
+    cvt(unsafe { libc::setsockopt(fd, level, opt, &v as *const libc::c_int as *const libc::c_void, len) } as libc::c_long)?;
+    Ok(())
+}
+
+/// A sockaddr_un for `path` (sun_path bytes) and its length.
+fn unix_addr(path: &[u8]) -> std::io::Result<(libc::sockaddr_un, libc::socklen_t)> {
+    // SAFETY: sockaddr_un is plain data; all zeroes is a valid value.
+    let mut a: libc::sockaddr_un = unsafe { std::mem::zeroed() };
+    if path.len() > a.sun_path.len() {
+        return Err(std::io::Error::from_raw_os_error(libc::ENAMETOOLONG));
+    }
+    a.sun_family = libc::AF_UNIX as libc::sa_family_t;
+    for (d, s) in a.sun_path.iter_mut().zip(path) {
+        *d = *s as libc::c_char;
+    }
+    Ok((a, (std::mem::size_of::<libc::sa_family_t>() + path.len()) as libc::socklen_t))
+}
+
+/// sun_path bytes of a sockaddr_un of length `len`, without the trailing
+/// NUL of a path name.
+fn unix_path(a: &libc::sockaddr_un, len: libc::socklen_t) -> Vec<u8> {
+    let n = (len as usize).saturating_sub(std::mem::size_of::<libc::sa_family_t>()).min(a.sun_path.len());
+    let mut v: Vec<u8> = a.sun_path[..n].iter().map(|&c| c as u8).collect();
+    if v.first().is_some_and(|&c| c != 0) {
+        if let Some(end) = v.iter().position(|&c| c == 0) {
+            v.truncate(end);
+        }
+    }
+    v
+}
+
+/// getsockname (peer: false) or getpeername (peer: true) of a unix socket.
+pub fn unix_name(fd: RawFd, peer: bool) -> std::io::Result<Vec<u8>> {
+    // SAFETY: sockaddr_un is plain data; all zeroes is a valid value.
+    let mut a: libc::sockaddr_un = unsafe { std::mem::zeroed() };
+    let mut len = std::mem::size_of::<libc::sockaddr_un>() as libc::socklen_t;
+    let p = &mut a as *mut libc::sockaddr_un as *mut libc::sockaddr;
+    // SAFETY: the kernel writes at most `len` bytes into `a`.
+    let r = unsafe { if peer { libc::getpeername(fd, p, &mut len) } else { libc::getsockname(fd, p, &mut len) } };
+    cvt(r as libc::c_long)?;
+    Ok(unix_path(&a, len))
+}
+
+/// bind(2) of a unix socket to `path`.
+pub fn unix_bind(fd: RawFd, path: &[u8]) -> std::io::Result<()> {
+    let (a, len) = unix_addr(path)?;
+    // SAFETY: `a` is a valid sockaddr_un of `len` bytes.
+    cvt(unsafe { libc::bind(fd, &a as *const libc::sockaddr_un as *const libc::sockaddr, len) } as libc::c_long)?;
+    Ok(())
+}
+
+/// connect(2) of a unix socket to `path`.
+pub fn unix_connect(fd: RawFd, path: &[u8]) -> std::io::Result<()> {
+    let (a, len) = unix_addr(path)?;
+    // SAFETY: `a` is a valid sockaddr_un of `len` bytes.
+    cvt(unsafe { libc::connect(fd, &a as *const libc::sockaddr_un as *const libc::sockaddr, len) } as libc::c_long)?;
+    Ok(())
+}
+
+pub fn listen(fd: RawFd, backlog: i32) -> std::io::Result<()> {
+    // SAFETY: listen(2) takes no pointers.
+    cvt(unsafe { libc::listen(fd, backlog) } as libc::c_long)?;
+    Ok(())
+}
+
+/// accept4(2) without the peer's address; the new socket is close-on-exec.
+pub fn accept(fd: RawFd) -> std::io::Result<OwnedFd> {
+    // SAFETY: null address pointers are allowed; the new fd is ours.
+    let n = cvt(unsafe { libc::accept4(fd, std::ptr::null_mut(), std::ptr::null_mut(), libc::SOCK_CLOEXEC) } as libc::c_long)?;
+    Ok(own(n as RawFd))
+}
+
+pub fn shutdown(fd: RawFd, how: i32) -> std::io::Result<()> {
+    // SAFETY: shutdown(2) takes no pointers.
+    cvt(unsafe { libc::shutdown(fd, how) } as libc::c_long)?;
+    Ok(())
+}
+
+/// One message peeked from a socket's receive queue.
+#[derive(Debug)]
+pub struct Peeked {
+    /// Bytes copied into the buffer.
+    pub len: usize,
+    /// msg_flags (MSG_TRUNC: the message goes on past the buffer).
+    pub flags: i32,
+    /// The sender's address (sun_path bytes), for datagrams.
+    pub sender: Vec<u8>,
+    /// Files passed with it (SCM_RIGHTS), now rcr's.
+    pub rights: Vec<OwnedFd>,
+    /// Whether it carried SCM_CREDENTIALS.
+    pub creds: bool,
+}
+
+/// recvmsg(2) with MSG_PEEK|MSG_DONTWAIT into `buf`: the message at the
+/// socket's peek offset (SO_PEEK_OFF moves on past it).
+pub fn peek_msg(fd: RawFd, buf: &mut [u8]) -> std::io::Result<Peeked> {
+    // SAFETY: sockaddr_un is plain data; all zeroes is a valid value.
+    let mut a: libc::sockaddr_un = unsafe { std::mem::zeroed() };
+    let mut ctl = [0u64; 64];
+    let mut iov = libc::iovec { iov_base: buf.as_mut_ptr() as *mut libc::c_void, iov_len: buf.len() };
+    // SAFETY: msghdr is plain data; all zeroes is a valid value.
+    let mut m: libc::msghdr = unsafe { std::mem::zeroed() };
+    m.msg_name = &mut a as *mut libc::sockaddr_un as *mut libc::c_void;
+    m.msg_namelen = std::mem::size_of::<libc::sockaddr_un>() as libc::socklen_t;
+    m.msg_iov = &mut iov;
+    m.msg_iovlen = 1;
+    m.msg_control = ctl.as_mut_ptr() as *mut libc::c_void;
+    m.msg_controllen = std::mem::size_of_val(&ctl);
+    let flags = libc::MSG_PEEK | libc::MSG_DONTWAIT | libc::MSG_CMSG_CLOEXEC;
+    // SAFETY: every pointer in `m` refers to a live local buffer of the size given.
+    let n = cvt(unsafe { libc::recvmsg(fd, &mut m, flags) } as libc::c_long)? as usize;
+    let mut out = Peeked { len: n, flags: m.msg_flags, sender: unix_path(&a, m.msg_namelen), rights: Vec::new(), creds: false };
+    // SAFETY: the CMSG macros walk the control buffer the kernel filled in,
+    // within msg_controllen; SCM_RIGHTS payloads are arrays of new fds.
+    unsafe {
+        let mut c = libc::CMSG_FIRSTHDR(&m);
+        while !c.is_null() {
+            if (*c).cmsg_level == libc::SOL_SOCKET && (*c).cmsg_type == libc::SCM_RIGHTS {
+                let count = ((*c).cmsg_len as usize - libc::CMSG_LEN(0) as usize) / std::mem::size_of::<libc::c_int>();
+                let p = libc::CMSG_DATA(c) as *const libc::c_int;
+                out.rights.extend((0..count).map(|i| own(std::ptr::read_unaligned(p.add(i)))));
+            }
+            out.creds |= (*c).cmsg_level == libc::SOL_SOCKET && (*c).cmsg_type == libc::SCM_CREDENTIALS;
+            c = libc::CMSG_NXTHDR(&m, c);
+        }
+    }
+    Ok(out)
+}
+
+/// send(2) (to: None) or sendto(2) a unix address, never blocking and
+/// without SIGPIPE. Returns the bytes sent.
+pub fn unix_send(fd: RawFd, data: &[u8], to: Option<&[u8]>) -> std::io::Result<usize> {
+    let flags = libc::MSG_DONTWAIT | libc::MSG_NOSIGNAL;
+    let p = data.as_ptr() as *const libc::c_void;
+    let n = match to {
+        // SAFETY: `data` is a live buffer of data.len() bytes.
+        None => unsafe { libc::send(fd, p, data.len(), flags) },
+        Some(path) => {
+            let (a, len) = unix_addr(path)?;
+            // SAFETY: as above, and `a` is a valid sockaddr_un of `len` bytes.
+            unsafe { libc::sendto(fd, p, data.len(), flags, &a as *const libc::sockaddr_un as *const libc::sockaddr, len) }
+        }
+    };
+    Ok(cvt(n as libc::c_long)? as usize)
+}
+
+/// send(2) of a whole buffer on a netlink socket.
+pub fn send_all(fd: RawFd, data: &[u8]) -> std::io::Result<()> {
+    // SAFETY: `data` is a live buffer of data.len() bytes.
+    let n = cvt(unsafe { libc::send(fd, data.as_ptr() as *const libc::c_void, data.len(), 0) } as libc::c_long)? as usize;
+    if n != data.len() {
+        return Err(std::io::Error::new(std::io::ErrorKind::WriteZero, format!("sent {n} of {} bytes", data.len())));
+    }
+    Ok(())
+}
+
+/// recv(2) into `buf`; returns the bytes received.
+pub fn recv(fd: RawFd, buf: &mut [u8]) -> std::io::Result<usize> {
+    // SAFETY: the kernel writes at most buf.len() bytes into `buf`.
+    Ok(cvt(unsafe { libc::recv(fd, buf.as_mut_ptr() as *mut libc::c_void, buf.len(), 0) } as libc::c_long)? as usize)
+}

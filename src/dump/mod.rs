@@ -40,6 +40,8 @@ pub struct Options {
     pub leave_running: bool,
     pub pages_via: PagesVia,
     pub scope: Scope,
+    /// `--ext-unix-sk`: allow datagram sockets connected to named sockets outside the tree.
+    pub ext_unix_sk: bool,
 }
 
 /// How pages leave the target (`--pages-via`).
@@ -91,6 +93,7 @@ fn dump_tree(frozen: &Frozen, dir: &ImageDir, o: &Options) -> Result<()> {
     let pstree: Vec<pb::PstreeEntry> = frozen.procs.iter().map(Process::pstree).collect();
     tree::plan(&pstree)?;
     let mut shared = DumpCx::default();
+    shared.unix.ext = o.ext_unix_sk;
     let mut xsave_size = 0;
     for p in &frozen.procs {
         match p.state {

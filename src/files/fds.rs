@@ -215,6 +215,8 @@ pub fn write_images(dir: &ImageDir, cx: &DumpCx) -> Result<()> {
 pub struct Images {
     pub descs: Vec<FileDesc>,
     pub pipes: Vec<PipeEntry>,
+    /// `rcr restore --ext-unix-sk`: reconnect sockets to peers outside the tree.
+    pub ext_unix_sk: bool,
 }
 
 impl Images {
@@ -225,7 +227,7 @@ impl Images {
                 bail!("fds.img: entry {i} has id {} and kind {:?}; ids must run from 1 and every entry needs a kind", d.id, d.kind);
             }
         }
-        Ok(Images { descs, pipes: dir.read_all(ImageKind::Pipes, None)? })
+        Ok(Images { descs, pipes: dir.read_all(ImageKind::Pipes, None)?, ext_unix_sk: false })
     }
 
     pub fn get(&self, id: u32) -> Option<&FileDesc> {

@@ -47,6 +47,8 @@ pub struct Options {
     pub dir: PathBuf,
     pub detached: bool,
     pub pidfile: Option<PathBuf>,
+    /// `--ext-unix-sk`: connect datagram sockets to peers outside the tree again.
+    pub ext_unix_sk: bool,
 }
 
 /// The images of one live process, loaded and cross-checked.
@@ -135,7 +137,8 @@ impl Inherited {
 /// Returns the exit code for rcr: the root's status unless detached.
 pub fn run(o: &Options) -> Result<i32> {
     crate::sys::raise_nofile();
-    let tree = load(&o.dir)?;
+    let mut tree = load(&o.dir)?;
+    tree.fd_images.ext_unix_sk = o.ext_unix_sk;
     validate(&tree)?;
     let mut regions = build_regions(&tree)?;
     let spans: Vec<_> = regions.iter().map(|r| r.as_ref().map(|r| (r.start, r.len, r.syscall_insn()))).collect();

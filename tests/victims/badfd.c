@@ -2,7 +2,8 @@
  * badfd: a process rcr must refuse to dump.
  *
  * Mode "socket": holds a unix socketpair on fds 10 and 11, with a message
- * in flight. Mode "pipe": holds the read end of a pipe on fd 10, with a
+ * in flight that carries a file descriptor (SCM_RIGHTS), which rcr cannot
+ * carry. Mode "pipe": holds the read end of a pipe on fd 10, with a
  * message in flight, whose write end (fd 11) only a child holds; dumped
  * with --scope process, that end is outside the dump. rcr dump must
  * refuse, name the fd in its error, and leave the process running
@@ -37,8 +38,22 @@ int main(int argc, char **argv)
 		fail("dup2: %s", strerror(errno));
 	close(fds[0]);
 	close(fds[1]);
-	if (write(11, MSG, sizeof(MSG)) != sizeof(MSG))
+	if (!strcmp(argv[2], "socket")) {
+		/* The message carries fd 0 (SCM_RIGHTS). */
+		union { struct cmsghdr h; char b[CMSG_SPACE(sizeof(int))]; } ctl;
+		struct iovec iov = { (void *)MSG, sizeof(MSG) };
+		struct msghdr m = { .msg_iov = &iov, .msg_iovlen = 1, .msg_control = ctl.b, .msg_controllen = sizeof(ctl.b) };
+		struct cmsghdr *c = CMSG_FIRSTHDR(&m);
+		int fd0 = 0;
+		c->cmsg_level = SOL_SOCKET;
+		c->cmsg_type = SCM_RIGHTS;
+		c->cmsg_len = CMSG_LEN(sizeof(int));
+		memcpy(CMSG_DATA(c), &fd0, sizeof(int));
+		if (sendmsg(11, &m, 0) != sizeof(MSG))
+			fail("sendmsg: %s", strerror(errno));
+	} else if (write(11, MSG, sizeof(MSG)) != sizeof(MSG)) {
 		fail("write: %s", strerror(errno));
+	}
 
 	pid_t child = -1;
 	int status;

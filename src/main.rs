@@ -37,6 +37,10 @@ enum Cmd {
         /// the process alone (process).
         #[arg(long = "scope", value_enum, default_value_t = rcr::tree::Scope::Tree)]
         scope: rcr::tree::Scope,
+        /// Most bytes of content saved per memfd or deleted-but-open file
+        /// (their data, holes excepted); a larger one fails the dump.
+        #[arg(long = "ghost-limit", default_value_t = rcr::files::memfd::DEFAULT_LIMIT)]
+        ghost_limit: u64,
     },
     /// Restore a process from an image directory.
     Restore {
@@ -68,8 +72,8 @@ fn main() {
         std::process::exit(1);
     }
     let result = match cli.cmd {
-        Cmd::Dump { pid, dir, leave_running, pages_via, scope } => {
-            rcr::dump::run(&rcr::dump::Options { pid, dir, leave_running, pages_via, scope }).map(|()| 0)
+        Cmd::Dump { pid, dir, leave_running, pages_via, scope, ghost_limit } => {
+            rcr::dump::run(&rcr::dump::Options { pid, dir, leave_running, pages_via, scope, ghost_limit }).map(|()| 0)
         }
         Cmd::Restore { dir, detached, pidfile } => rcr::restore::run(&rcr::restore::Options { dir, detached, pidfile }),
         Cmd::Show { dir, json } => rcr::show::run(&dir, json).map(|()| 0),

@@ -41,6 +41,8 @@ pub struct Options {
     pub leave_running: bool,
     pub pages_via: PagesVia,
     pub scope: Scope,
+    /// Most content saved per memfd or deleted file (`--ghost-limit`).
+    pub ghost_limit: u64,
 }
 
 /// How pages leave the target (`--pages-via`).
@@ -92,6 +94,7 @@ fn dump_tree(frozen: &Frozen, dir: &ImageDir, o: &Options) -> Result<()> {
     let pstree: Vec<pb::PstreeEntry> = frozen.procs.iter().map(Process::pstree).collect();
     tree::plan(&pstree)?;
     let mut shared = DumpCx::default();
+    shared.memfd.limit = Some(o.ghost_limit);
     let mut xsave_size = 0;
     for p in &frozen.procs {
         match p.state {
@@ -190,7 +193,7 @@ fn collect(t: &Tracee, p: &mut Parasite, shared: &mut DumpCx, is_root: bool) -> 
     let (region, region_len) = p.region();
     let mut maps = proc::smaps(pid)?;
     maps.retain(|m| m.end <= region || m.start >= region + region_len);
-    let vmas = mm::dump::vmas(pid, &maps, &mut shared.files)?;
+    let vmas = mm::dump::vmas(pid, &maps, shared)?;
     let exe = files::reg::describe(&proc::path(pid, "exe"), "exe link", None)?;
     let exe_id = shared.files.add_shared(pb::RegFile { flags: libc::O_RDONLY as u32, ..exe });
     let brk = misc.brk;

@@ -272,6 +272,7 @@ fn collect_core(t: &Tracee, saved: &parasite::Saved, st: &proc::Stat, misc: &Tas
 fn task_fds(p: &mut Parasite, pid: i32) -> Result<Vec<(i32, std::fs::File)>> {
     let skip = p.task_fds();
     let fds: Vec<i32> = proc::fds(pid)?.into_iter().filter(|fd| !skip.contains(fd)).collect();
+    files::fds::precheck(pid, &fds)?;
     let files = p.take_fds(&fds)?;
     Ok(fds.into_iter().zip(files.into_iter().map(std::fs::File::from)).collect())
 }

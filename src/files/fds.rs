@@ -153,6 +153,18 @@ impl DumpCx {
     }
 }
 
+/// Refuses, before the parasite sends them over, fds it cannot send:
+/// io_uring instances (the kernel refuses them in SCM_RIGHTS).
+pub fn precheck(pid: i32, fds: &[i32]) -> Result<()> {
+    for &fd in fds {
+        let link = std::fs::read_link(proc::path(pid, &format!("fd/{fd}"))).map(|t| t.to_string_lossy().into_owned()).unwrap_or_default();
+        if link == "anon_inode:[io_uring]" {
+            bail!("pid {pid} fd {fd} ({link}): it is an io_uring instance (its rings and pending requests cannot be carried); rcr cannot carry it");
+        }
+    }
+    Ok(())
+}
+
 /// Describes the fds `fds` of `pid`, each with its open file as the task
 /// holds it; fails on the first fd rcr cannot carry.
 pub fn dump_fds(pid: i32, fds: Vec<(i32, File)>, cx: &mut DumpCx) -> Result<Vec<FdEntry>> {

@@ -35,6 +35,13 @@ fn classify(m: &MapEntry) -> Result<VmaKind> {
         "[vdso]" => VmaKind::VmaVdso,
         "[vvar]" => VmaKind::VmaVvar,
         "[vvar_vclock]" => VmaKind::VmaVvarVclock,
+        // Before the inode test: the maps "inode" of a segment is its shmid, 0 for the first.
+        n if n.starts_with("/SYSV") && n.ends_with(" (deleted)") => bail!(
+            "mapping {}: an attached SysV shared memory segment (key 0x{}, shmid {}); rcr cannot carry SysV IPC objects",
+            m.describe(),
+            &n[5..n.len() - 10],
+            m.inode
+        ),
         _ if m.inode == 0 => {
             if m.shared() {
                 VmaKind::VmaAnonShared
@@ -51,12 +58,6 @@ fn classify(m: &MapEntry) -> Result<VmaKind> {
             }
         }
         n if n.starts_with('[') && m.inode == 0 => VmaKind::VmaAnonPrivate,
-        n if n.starts_with("/SYSV") && n.ends_with(" (deleted)") => bail!(
-            "mapping {}: an attached SysV shared memory segment (key 0x{}, shmid {}); rcr cannot carry SysV IPC objects",
-            m.describe(),
-            &n[5..n.len() - 10],
-            m.inode
-        ),
         // memfds and deleted files: their inode goes to memfiles.img.
         n if n.starts_with('/') && m.shared() => VmaKind::VmaFileShared,
         n if n.starts_with('/') => VmaKind::VmaFilePrivate,

@@ -61,7 +61,7 @@ fn check_path(path: &str, dev: u64, inode: u64) -> Result<()> {
 /// Opens a FIFO with `flags` (creation flags and O_CLOEXEC dropped).
 fn open(path: &str, flags: u32) -> Result<OwnedFd> {
     let c = std::ffi::CString::new(path.as_bytes()).context("path with NUL")?;
-    Ok(sys::open(&c, (flags & !CREATE_FLAGS) as i32).with_context(|| format!("opening {path} with flags {flags:#o}"))?)
+    sys::open(&c, (flags & !CREATE_FLAGS) as i32).with_context(|| format!("opening {path} with flags {flags:#o}"))
 }
 
 /// Restore side: per FIFO, refill its buffer, then open its descriptions.

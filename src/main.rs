@@ -42,6 +42,10 @@ enum Cmd {
         /// Stream and seqpacket peers outside the tree are refused still.
         #[arg(long = "ext-unix-sk")]
         ext_unix_sk: bool,
+        /// Most bytes of content saved per memfd or deleted-but-open file
+        /// (their data, holes excepted); a larger one fails the dump.
+        #[arg(long = "ghost-limit", default_value_t = rcr::files::memfd::DEFAULT_LIMIT)]
+        ghost_limit: u64,
     },
     /// Restore a process from an image directory.
     Restore {
@@ -77,8 +81,8 @@ fn main() {
         std::process::exit(1);
     }
     let result = match cli.cmd {
-        Cmd::Dump { pid, dir, leave_running, pages_via, scope, ext_unix_sk } => {
-            rcr::dump::run(&rcr::dump::Options { pid, dir, leave_running, pages_via, scope, ext_unix_sk }).map(|()| 0)
+        Cmd::Dump { pid, dir, leave_running, pages_via, scope, ext_unix_sk, ghost_limit } => {
+            rcr::dump::run(&rcr::dump::Options { pid, dir, leave_running, pages_via, scope, ext_unix_sk, ghost_limit }).map(|()| 0)
         }
         Cmd::Restore { dir, detached, pidfile, ext_unix_sk } => {
             rcr::restore::run(&rcr::restore::Options { dir, detached, pidfile, ext_unix_sk })

@@ -83,6 +83,7 @@ enum Body {
     Fs(Vec<pb::Fs>),
     Pipes(Vec<pb::PipeEntry>),
     Fds(Vec<pb::FileDesc>),
+    MemFiles(Vec<pb::MemFile>),
 }
 
 /// What a pages file holds: its header was checked, the rest is raw pages.
@@ -117,6 +118,7 @@ fn decode_body(path: &Path, kind: Kind, raw: &[Vec<u8>]) -> Result<Body> {
         Kind::Fs => Body::Fs(images::decode_entries(path, kind, raw)?),
         Kind::Pipes => Body::Pipes(images::decode_entries(path, kind, raw)?),
         Kind::Fds => Body::Fds(images::decode_entries(path, kind, raw)?),
+        Kind::MemFiles => Body::MemFiles(images::decode_entries(path, kind, raw)?),
         Kind::Pages => bail!("{}: a pages file holds raw pages, not entries", path.display()),
     })
 }
@@ -168,6 +170,7 @@ enum JsonEntries<'a> {
     Fs(&'a [pb::Fs]),
     Pipes(&'a [pb::PipeEntry]),
     Fds(&'a [pb::FileDesc]),
+    MemFiles(&'a [pb::MemFile]),
     None([u8; 0]),
 }
 
@@ -193,6 +196,7 @@ fn json_file<'a>(file: &'a str, kind: Kind, body: &'a Body) -> JsonFile<'a> {
         Body::Fs(v) => (JsonEntries::Fs(v), None),
         Body::Pipes(v) => (JsonEntries::Pipes(v), None),
         Body::Fds(v) => (JsonEntries::Fds(v), None),
+        Body::MemFiles(v) => (JsonEntries::MemFiles(v), None),
         Body::Pages(s) => (JsonEntries::None([]), Some(s)),
     };
     JsonFile { file, kind: format!("{kind:?}"), entries, pages }
@@ -238,6 +242,7 @@ fn fmt_file(o: &mut String, name: &str, kind: Kind, body: &Body) -> fmt::Result 
         Body::Fs(v) => fmt_entries(o, name, kind, v, fmt_fs),
         Body::Pipes(v) => fmt_entries(o, name, kind, v, fmt_pipe),
         Body::Fds(v) => fmt_entries(o, name, kind, v, fmt_desc),
+        Body::MemFiles(v) => fmt_entries(o, name, kind, v, fmt_mem_file),
     }
 }
 
@@ -305,11 +310,18 @@ fn fmt_pipe(o: &mut String, e: &pb::PipeEntry) -> fmt::Result {
     writeln!(o, "id {}  pipe:[{}]  size {}  {} bytes buffered", e.id, e.inode, e.size, e.data.len())
 }
 
+fn fmt_mem_file(o: &mut String, e: &pb::MemFile) -> fmt::Result {
+    let kind = pb::MemFileKind::try_from(e.kind).map(|k| k.as_str_name().to_string()).unwrap_or_else(|_| format!("?({})", e.kind));
+    let data: usize = e.data.iter().map(|d| d.data.len()).sum();
+    writeln!(o, "id {}  {kind}  {:?}  mode {:o}  size {}  seals {:#x}  {} runs, {data} bytes of data", e.id, e.name, e.mode, e.size, e.seals, e.data.len())
+}
+
 fn fmt_desc(o: &mut String, e: &pb::FileDesc) -> fmt::Result {
     use pb::file_desc::Kind as K;
     let kind = match &e.kind {
         Some(K::RegFileId(id)) => format!("file {id}"),
         Some(K::Pipe(p)) => format!("pipe {} ({} end)", p.pipe_id, if p.write { "write" } else { "read" }),
+        Some(K::Fifo(f)) => format!("fifo {} {}  size {}  {} bytes buffered", f.fifo_id, f.path, f.pipe_size, f.data.len()),
         Some(k) => format!("{k:?}"),
         None => "?".to_string(),
     };

@@ -42,6 +42,8 @@ pub struct Options {
     pub scope: Scope,
     /// `--ext-unix-sk`: allow datagram sockets connected to named sockets outside the tree.
     pub ext_unix_sk: bool,
+    /// Most content saved per memfd or deleted file (`--ghost-limit`).
+    pub ghost_limit: u64,
 }
 
 /// How pages leave the target (`--pages-via`).
@@ -94,6 +96,7 @@ fn dump_tree(frozen: &Frozen, dir: &ImageDir, o: &Options) -> Result<()> {
     tree::plan(&pstree)?;
     let mut shared = DumpCx::default();
     shared.unix.ext = o.ext_unix_sk;
+    shared.memfd.limit = Some(o.ghost_limit);
     let mut xsave_size = 0;
     for p in &frozen.procs {
         match p.state {
@@ -176,7 +179,7 @@ fn collect(t: &Tracee, p: &mut Parasite, shared: &mut DumpCx, is_root: bool) -> 
     let (region, region_len) = p.region();
     let mut maps = proc::smaps(pid)?;
     maps.retain(|m| m.end <= region || m.start >= region + region_len);
-    let vmas = mm::dump::vmas(pid, &maps, &mut shared.files)?;
+    let vmas = mm::dump::vmas(pid, &maps, shared)?;
     let exe = files::reg::describe(&proc::path(pid, "exe"), "exe link", None)?;
     let exe_id = shared.files.add_shared(pb::RegFile { flags: libc::O_RDONLY as u32, ..exe });
     let brk = misc.brk;
@@ -256,6 +259,7 @@ fn collect_core(t: &Tracee, saved: &parasite::Saved, st: &proc::Stat, misc: &Tas
 fn task_fds(p: &mut Parasite, pid: i32) -> Result<Vec<(i32, std::fs::File)>> {
     let skip = p.task_fds();
     let fds: Vec<i32> = proc::fds(pid)?.into_iter().filter(|fd| !skip.contains(fd)).collect();
+    files::fds::precheck(pid, &fds)?;
     let files = p.take_fds(&fds)?;
     Ok(fds.into_iter().zip(files.into_iter().map(std::fs::File::from)).collect())
 }

@@ -16,8 +16,8 @@
 //! ([`after_fds`]: timers armed, epoll registrations) and closes the rest. So what was
 //! shared is shared again: offsets, status flags, pipe buffers, sockets.
 use super::pipe::PipeTable;
-use super::{epoll, eventfd, fifo, ghost, inotify, memfd, pipe, reg, signalfd, timerfd, unix, FileTable};
-use crate::images::pb::{file_desc::Kind, FdEntry, FileDesc, PipeEntry};
+use super::{epoll, eventfd, fifo, ghost, inotify, memfd, pipe, reg, signalfd, sysv, timerfd, unix, FileTable};
+use crate::images::pb::{file_desc::Kind, FdEntry, FileDesc, MemFile, PipeEntry};
 use crate::images::{ImageDir, Kind as ImageKind};
 use crate::proc::{self, FdInfo};
 use anyhow::{anyhow, bail, Context, Result};
@@ -130,6 +130,7 @@ pub struct DumpCx {
     pub inotify: inotify::Table,
     pub memfd: memfd::Table,
     pub ghost: ghost::Table,
+    pub fifo: fifo::Table,
 }
 
 impl DumpCx {
@@ -150,6 +151,18 @@ impl DumpCx {
         self.held.push(file);
         self.descs.len() as u32
     }
+}
+
+/// Refuses, before the parasite sends them over, fds it cannot send:
+/// io_uring instances (the kernel refuses them in SCM_RIGHTS).
+pub fn precheck(pid: i32, fds: &[i32]) -> Result<()> {
+    for &fd in fds {
+        let link = std::fs::read_link(proc::path(pid, &format!("fd/{fd}"))).map(|t| t.to_string_lossy().into_owned()).unwrap_or_default();
+        if link == "anon_inode:[io_uring]" {
+            bail!("pid {pid} fd {fd} ({link}): it is an io_uring instance (its rings and pending requests cannot be carried); rcr cannot carry it");
+        }
+    }
+    Ok(())
 }
 
 /// Describes the fds `fds` of `pid`, each with its open file as the task
@@ -176,6 +189,7 @@ pub fn dump_fds(pid: i32, fds: Vec<(i32, File)>, cx: &mut DumpCx) -> Result<Vec<
 }
 
 fn dump_kind(f: &Fd, cx: &mut DumpCx) -> Result<Kind> {
+    refuse_special_fs(f)?;
     match classify(&f.link, &f.md) {
         Class::Reg => reg::dump(f, &mut cx.files),
         Class::Pipe => pipe::dump(f, &mut cx.pipes),
@@ -192,12 +206,31 @@ fn dump_kind(f: &Fd, cx: &mut DumpCx) -> Result<Kind> {
     }
 }
 
+/// Files of filesystems whose objects rcr cannot carry, whatever their
+/// stat says (a POSIX message queue is S_IFREG): why, or None.
+pub fn special_fs(file: &File) -> Option<&'static str> {
+    const MQUEUE_MAGIC: i64 = 0x1980_0202;
+    const SECRETMEM_MAGIC: i64 = 0x5345_434d;
+    const AIO_RING_MAGIC: i64 = 0xa10a_10a1;
+    match nix::sys::statfs::fstatfs(file).ok()?.filesystem_type().0 as i64 {
+        MQUEUE_MAGIC => Some("it is a POSIX message queue (mqueue filesystem): rcr does not carry IPC objects"),
+        SECRETMEM_MAGIC => Some("it is a memfd_secret area, whose content the kernel hides from everyone"),
+        AIO_RING_MAGIC => Some("it is an AIO ring"),
+        _ => None,
+    }
+}
+
+fn refuse_special_fs(f: &Fd) -> Result<()> {
+    special_fs(f.file).map_or(Ok(()), |why| Err(f.refuse(why)))
+}
+
 /// Checks that need the whole tree, once every process was dumped
 /// (`tree`: the dumped PIDs): peers and other ends held outside it.
 pub fn finish(cx: &mut DumpCx, tree: &[i32]) -> Result<()> {
     cx.pipes.check_complete(tree)?;
     unix::finish(cx, tree)?;
     epoll::finish(cx, tree)?;
+    sysv::check_tree(tree)?;
     Ok(())
 }
 
@@ -207,6 +240,7 @@ pub fn write_images(dir: &ImageDir, cx: &DumpCx) -> Result<()> {
     dir.write_all(ImageKind::Files, None, &cx.files.files)?;
     dir.write_all(ImageKind::Fds, None, &cx.descs)?;
     dir.write_all(ImageKind::Pipes, None, &cx.pipes.pipes)?;
+    dir.write_all(ImageKind::MemFiles, None, &cx.memfd.entries())?;
     Ok(())
 }
 
@@ -217,6 +251,8 @@ pub struct Images {
     pub pipes: Vec<PipeEntry>,
     /// `rcr restore --ext-unix-sk`: reconnect sockets to peers outside the tree.
     pub ext_unix_sk: bool,
+    /// Inodes of memfds and deleted files (memfiles.img), ids from 1.
+    pub mem_files: Vec<MemFile>,
 }
 
 impl Images {
@@ -227,7 +263,9 @@ impl Images {
                 bail!("fds.img: entry {i} has id {} and kind {:?}; ids must run from 1 and every entry needs a kind", d.id, d.kind);
             }
         }
-        Ok(Images { descs, pipes: dir.read_all(ImageKind::Pipes, None)?, ext_unix_sk: false })
+        let mem_path = dir.file(ImageKind::MemFiles, None);
+        let mem_files = if mem_path.exists() { memfd::load(dir.read_all(ImageKind::MemFiles, None)?)? } else { Vec::new() };
+        Ok(Images { descs, pipes: dir.read_all(ImageKind::Pipes, None)?, mem_files, ext_unix_sk: false })
     }
 
     pub fn get(&self, id: u32) -> Option<&FileDesc> {
@@ -255,13 +293,16 @@ pub fn validate(images: &Images, files: &FileTable) -> Result<()> {
 pub struct CreateCx<'a> {
     pub images: &'a Images,
     pub files: &'a FileTable,
+    /// The recreated inodes of memfds and deleted files, by memfiles.img id.
+    pub mem: &'a HashMap<u32, RawFd>,
     pub out: HashMap<u32, OwnedFd>,
 }
 
 /// Creates every description (in rcr, before forking the tree), with its
-/// status flags, each at an inheritable fd number >= `min`.
-pub fn create_all(images: &Images, files: &FileTable, min: RawFd) -> Result<HashMap<u32, RawFd>> {
-    let mut cx = CreateCx { images, files, out: HashMap::new() };
+/// status flags, each at an inheritable fd number >= `min`. `mem`: the
+/// inodes [`memfd::create_inodes`] recreated.
+pub fn create_all(images: &Images, files: &FileTable, mem: &HashMap<u32, RawFd>, min: RawFd) -> Result<HashMap<u32, RawFd>> {
+    let mut cx = CreateCx { images, files, mem, out: HashMap::new() };
     let of = |c: fn(&Kind) -> bool| -> Vec<&FileDesc> { images.descs.iter().filter(|d| d.kind.as_ref().is_some_and(c)).collect() };
     reg::create(&of(|k| matches!(k, Kind::RegFileId(_))), &mut cx)?;
     pipe::create(&of(|k| matches!(k, Kind::Pipe(_))), &mut cx)?;

@@ -13,6 +13,7 @@ pub mod memfd;
 pub mod pipe;
 pub mod reg;
 pub mod signalfd;
+pub mod sysv;
 pub mod timerfd;
 pub mod unix;
 

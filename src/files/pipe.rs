@@ -93,7 +93,7 @@ fn outside_holder(inode: u64, tree: &[i32]) -> Option<String> {
 
 /// The bytes buffered in the pipe, copied with tee(2) (not consumed).
 /// From the write end, a read end is opened through /proc/self/fd.
-fn peek(file: &File, write_end: bool, size: i32) -> Result<Vec<u8>> {
+pub fn peek(file: &File, write_end: bool, size: i32) -> Result<Vec<u8>> {
     let n = sys::pipe_buffered(file.as_raw_fd()).context("FIONREAD")?;
     if n == 0 {
         return Ok(Vec::new());

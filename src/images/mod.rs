@@ -47,11 +47,24 @@ pub enum Kind {
     Fs,
     Pipes,
     Fds,
+    MemFiles,
 }
 
 impl Kind {
-    pub const ALL: [Kind; 11] =
-        [Kind::Inventory, Kind::Pstree, Kind::Core, Kind::Mm, Kind::Pagemap, Kind::Pages, Kind::Files, Kind::Fdinfo, Kind::Fs, Kind::Pipes, Kind::Fds];
+    pub const ALL: [Kind; 12] = [
+        Kind::Inventory,
+        Kind::Pstree,
+        Kind::Core,
+        Kind::Mm,
+        Kind::Pagemap,
+        Kind::Pages,
+        Kind::Files,
+        Kind::Fdinfo,
+        Kind::Fs,
+        Kind::Pipes,
+        Kind::Fds,
+        Kind::MemFiles,
+    ];
 
     /// The magic: four ASCII bytes, stored as they read.
     pub fn magic(self) -> [u8; 4] {
@@ -67,6 +80,7 @@ impl Kind {
             Kind::Fs => b"RFS_",
             Kind::Pipes => b"RPIP",
             Kind::Fds => b"RDSC",
+            Kind::MemFiles => b"RMEM",
         }
     }
 
@@ -84,11 +98,12 @@ impl Kind {
             Kind::Fs => "fs",
             Kind::Pipes => "pipes",
             Kind::Fds => "fds",
+            Kind::MemFiles => "memfiles",
         }
     }
 
     pub fn per_process(self) -> bool {
-        !matches!(self, Kind::Inventory | Kind::Pstree | Kind::Files | Kind::Pipes | Kind::Fds)
+        !matches!(self, Kind::Inventory | Kind::Pstree | Kind::Files | Kind::Pipes | Kind::Fds | Kind::MemFiles)
     }
 
     pub fn from_magic(m: [u8; 4]) -> Option<Kind> {

@@ -11,7 +11,8 @@
 //! | shared file       | none: the file holds the content                   |
 //! | vDSO, vvar        | none: the kernel provides them                     |
 use super::*;
-use crate::files::{reg::describe, FileTable};
+use crate::files::fds::DumpCx;
+use crate::files::reg::describe;
 use crate::images::pages::PageSink;
 use crate::images::pb::{Mm, Vma};
 use crate::images::PAGE_SIZE;
@@ -34,6 +35,13 @@ fn classify(m: &MapEntry) -> Result<VmaKind> {
         "[vdso]" => VmaKind::VmaVdso,
         "[vvar]" => VmaKind::VmaVvar,
         "[vvar_vclock]" => VmaKind::VmaVvarVclock,
+        // Before the inode test: the maps "inode" of a segment is its shmid, 0 for the first.
+        n if n.starts_with("/SYSV") && n.ends_with(" (deleted)") => bail!(
+            "mapping {}: an attached SysV shared memory segment (key 0x{}, shmid {}); rcr cannot carry SysV IPC objects",
+            m.describe(),
+            &n[5..n.len() - 10],
+            m.inode
+        ),
         _ if m.inode == 0 => {
             if m.shared() {
                 VmaKind::VmaAnonShared
@@ -50,6 +58,9 @@ fn classify(m: &MapEntry) -> Result<VmaKind> {
             }
         }
         n if n.starts_with('[') && m.inode == 0 => VmaKind::VmaAnonPrivate,
+        // memfds and deleted files: their inode goes to memfiles.img.
+        n if n.starts_with('/') && m.shared() => VmaKind::VmaFileShared,
+        n if n.starts_with('/') => VmaKind::VmaFilePrivate,
         _ => bail!("mapping {}: backed by a file rcr cannot reopen (deleted, memfd or SysV shm)", m.describe()),
     })
 }
@@ -70,7 +81,7 @@ fn prot_of(perms: &str) -> u32 {
 }
 
 /// Builds the VMA records (registering backing files in `files`).
-pub fn vmas(pid: i32, maps: &[MapEntry], files: &mut FileTable) -> Result<Vec<Vma>> {
+pub fn vmas(pid: i32, maps: &[MapEntry], cx: &mut DumpCx) -> Result<Vec<Vma>> {
     let mut out = Vec::new();
     for m in maps {
         if m.name == "[vsyscall]" {
@@ -87,15 +98,17 @@ pub fn vmas(pid: i32, maps: &[MapEntry], files: &mut FileTable) -> Result<Vec<Vm
         if m.has_flag("gd") {
             flags |= MAP_GROWSDOWN;
         }
-        let mut file_id = 0;
-        if matches!(kind, VmaKind::VmaFilePrivate | VmaKind::VmaFileShared) {
+        let (mut file_id, mut mem_file_id) = (0, 0);
+        if matches!(kind, VmaKind::VmaFilePrivate | VmaKind::VmaFileShared) && m.name.ends_with(" (deleted)") {
+            mem_file_id = mem_file(pid, m, cx)?;
+        } else if matches!(kind, VmaKind::VmaFilePrivate | VmaKind::VmaFileShared) {
             let what = format!("mapping {}", m.describe());
             let link = proc::path(pid, &format!("map_files/{:x}-{:x}", m.start, m.end));
             let mut f = describe(&link, &what, None)?;
             // Shared mappings that may become writable need a writable fd.
             let write = m.shared() && m.has_flag("mw");
             f.flags = if write { libc::O_RDWR as u32 } else { libc::O_RDONLY as u32 };
-            file_id = files.add_shared(f);
+            file_id = cx.files.add_shared(f);
         }
         out.push(Vma {
             start: m.start,
@@ -109,9 +122,36 @@ pub fn vmas(pid: i32, maps: &[MapEntry], files: &mut FileTable) -> Result<Vec<Vm
             vm_flags: m.vm_flags.clone(),
             dev: libc::makedev(m.dev_major, m.dev_minor),
             inode: m.inode,
+            mem_file_id,
         });
     }
     Ok(out)
+}
+
+/// A mapping of a memfd or a deleted file: its inode, through
+/// /proc/PID/map_files, in the table of inodes without a path.
+fn mem_file(pid: i32, m: &MapEntry, cx: &mut DumpCx) -> Result<u32> {
+    use crate::files::{fds, ghost, memfd};
+    use crate::images::pb::{MemFile, MemFileKind};
+    let what = format!("mapping {}", m.describe());
+    let link = proc::path(pid, &format!("map_files/{:x}-{:x}", m.start, m.end));
+    let f = std::fs::File::open(&link).with_context(|| format!("{what}: opening {}", link.display()))?;
+    if let Some(why) = fds::special_fs(&f) {
+        bail!("{what}: {why}; rcr cannot carry it");
+    }
+    let head = match (memfd::memfd_name(&m.name), ghost::ghost_path(&m.name)) {
+        (Some(name), _) => {
+            memfd::check_memfd_fs(&f).with_context(|| what.clone())?;
+            MemFile { kind: MemFileKind::MemFileMemfd as i32, name: name.to_string(), ..Default::default() }
+        }
+        (None, Some(path)) => MemFile { kind: MemFileKind::MemFileGhost as i32, name: path.to_string(), ..Default::default() },
+        _ => bail!("{what}: backed by a file rcr cannot reopen"),
+    };
+    let mode = std::os::unix::fs::MetadataExt::mode(&f.metadata().with_context(|| format!("{what}: fstat"))?);
+    if mode & libc::S_IFMT != libc::S_IFREG {
+        bail!("{what}: not a regular file; rcr cannot carry it");
+    }
+    cx.memfd.add(&f, &what, head)
 }
 
 /// The mm_struct fields (brk comes separately: /proc does not show it).

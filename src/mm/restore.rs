@@ -18,6 +18,9 @@ pub struct Plan {
     /// Saved inode of each shared anonymous VMA's memory object (0 for
     /// others), parallel to `vmas`: such VMAs map the object rcr recreates.
     pub vma_shmem: Vec<u64>,
+    /// memfiles.img id of each VMA of a memfd or deleted file (0 for
+    /// others), parallel to `vmas`: such VMAs map the inode rcr recreates.
+    pub vma_mem: Vec<u32>,
     pub runs: Vec<PageRun>,
     pub special: [SpecialMapping; NR_SPECIAL],
     pub mm_map: PrctlMmMap,
@@ -40,6 +43,7 @@ pub fn plan(mm: &Mm, pagemap: &[PagemapEntry], files: &FileTable, self_maps: &[M
     let mut vmas = Vec::new();
     let mut vma_files = Vec::new();
     let mut vma_shmem = Vec::new();
+    let mut vma_mem = Vec::new();
     let mut special = [SpecialMapping::default(); NR_SPECIAL];
     check_sorted(&mm.vmas)?;
     for (i, v) in mm.vmas.iter().enumerate() {
@@ -49,7 +53,7 @@ pub fn plan(mm: &Mm, pagemap: &[PagemapEntry], files: &FileTable, self_maps: &[M
             special[s].len = v.end - v.start;
             continue;
         }
-        if matches!(kind, VmaKind::VmaFilePrivate | VmaKind::VmaFileShared) {
+        if matches!(kind, VmaKind::VmaFilePrivate | VmaKind::VmaFileShared) && v.mem_file_id == 0 {
             let f = files.get(v.file_id).with_context(|| format!("mm image: vma {i} ({:#x}) refers to unknown file id {}", v.start, v.file_id))?;
             use crate::files::reg::{check, Content};
             let content = if kind == VmaKind::VmaFilePrivate { Content::Unchanged } else { Content::MayChange };
@@ -71,6 +75,7 @@ pub fn plan(mm: &Mm, pagemap: &[PagemapEntry], files: &FileTable, self_maps: &[M
         });
         vma_files.push(v.file_id);
         vma_shmem.push(if shmem { v.inode.max(1) } else { 0 });
+        vma_mem.push(v.mem_file_id);
     }
     for (s, name) in SPECIAL_NAMES.iter().enumerate() {
         let cur = self_maps.iter().find(|m| m.name == *name);
@@ -118,7 +123,7 @@ pub fn plan(mm: &Mm, pagemap: &[PagemapEntry], files: &FileTable, self_maps: &[M
     if files.get(mm.exe_file_id).is_none() {
         bail!("mm image: exe_file_id {} is not in files.img", mm.exe_file_id);
     }
-    Ok(Plan { vmas, vma_files, vma_shmem, runs, special, mm_map, auxv, exe_file_id: mm.exe_file_id })
+    Ok(Plan { vmas, vma_files, vma_shmem, vma_mem, runs, special, mm_map, auxv, exe_file_id: mm.exe_file_id })
 }
 
 /// The [`rcr_abi::MADV_BITS`] of a VMA, from its smaps VmFlags.

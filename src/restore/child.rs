@@ -190,8 +190,8 @@ fn unregister_own_rseq() -> Result<()> {
     Ok(())
 }
 
-/// Opens the files the VMAs map (for shared anonymous memory: a copy of
-/// the object rcr created), the pages image and the exe file; the blob
+/// Opens the files the VMAs map (for shared anonymous memory, memfds and
+/// deleted files: a copy of the object rcr created), the pages image and the exe file; the blob
 /// closes them all before the process runs.
 fn open_mapping_fds(l: &Loaded, files: &FileTable, region: &mut Region, inherited: &Inherited) -> Result<()> {
     let mut shmem: HashMap<u64, RawFd> = HashMap::new();
@@ -205,6 +205,24 @@ fn open_mapping_fds(l: &Loaded, files: &FileTable, region: &mut Region, inherite
                 let obj = inherited.shmem.get(inode).with_context(|| format!("no shared memory object for inode {inode}"))?;
                 let fd = crate::sys::dup(*obj).context("dup of a shared memory object")?;
                 shmem.insert(*inode, fd);
+                fd
+            }
+        };
+        if let Some(v) = region.vmas_mut().get_mut(i) {
+            v.fd = fd;
+        }
+    }
+    let mut mem: HashMap<u32, RawFd> = HashMap::new();
+    for (i, id) in l.plan.vma_mem.iter().enumerate() {
+        if *id == 0 {
+            continue;
+        }
+        let fd = match mem.get(id) {
+            Some(fd) => *fd,
+            None => {
+                let obj = inherited.mem.get(id).with_context(|| format!("no memfd or deleted file {id} in memfiles.img"))?;
+                let fd = crate::sys::dup(*obj).context("dup of a memfd or deleted file")?;
+                mem.insert(*id, fd);
                 fd
             }
         };

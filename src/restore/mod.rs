@@ -95,18 +95,25 @@ pub struct Tree {
 
 /// What rcr creates before forking, inherited by every restored process
 /// at fd numbers above all of theirs: the open file descriptions by id
-/// (fds.img), shared anonymous memory objects by their saved inode.
+/// (fds.img), shared anonymous memory objects by their saved inode, the
+/// inodes of memfds and deleted files by their id (memfiles.img).
 #[derive(Debug, Default)]
 pub struct Inherited {
     pub descs: HashMap<u32, RawFd>,
     pub shmem: HashMap<u64, RawFd>,
+    pub mem: HashMap<u32, RawFd>,
 }
 
 impl Inherited {
     fn create(tree: &Tree) -> Result<Inherited> {
         let live = || tree.procs.iter().filter_map(|p| p.live.as_ref());
         let min = 1 + live().flat_map(|l| l.fds.iter().map(|f| f.fd as RawFd)).max().unwrap_or(2).max(2);
-        let descs = crate::files::fds::create_all(&tree.fd_images, &tree.files, min)?;
+        let mut mem = HashMap::new();
+        for (id, fd) in crate::files::memfd::create_inodes(&tree.fd_images.mem_files)? {
+            mem.insert(id, crate::sys::move_above(fd, min)?);
+        }
+        let descs = crate::files::fds::create_all(&tree.fd_images, &tree.files, &mem, min);
+        let descs = descs.inspect_err(|_| mem.values().for_each(|&fd| crate::sys::close(fd)))?;
         let mut sizes: HashMap<u64, u64> = HashMap::new();
         for l in live() {
             for v in l.mm.vmas.iter().filter(|v| v.kind == pb::VmaKind::VmaAnonShared as i32) {
@@ -120,11 +127,11 @@ impl Inherited {
             let fd = crate::sys::shmem_object(size).with_context(|| format!("recreating shared memory object {inode}"))?;
             shmem.insert(inode, crate::sys::move_above(fd, min)?);
         }
-        Ok(Inherited { descs, shmem })
+        Ok(Inherited { descs, shmem, mem })
     }
 
     pub fn fds(&self) -> Vec<RawFd> {
-        self.descs.values().chain(self.shmem.values()).copied().collect()
+        self.descs.values().chain(self.shmem.values()).chain(self.mem.values()).copied().collect()
     }
 
     pub fn close_all(&self) {

@@ -29,7 +29,7 @@ const POLL: Duration = Duration::from_millis(10);
 
 pub const RCR: &str = env!("CARGO_BIN_EXE_rcr");
 const VICTIMS: &[&str] =
-    &["heap", "sparse", "filemap", "regfile", "fpu", "counter", "daemon", "badfd", "unsupported", "sigstate", "steady", "threads", "tree", "sharedfd", "timers", "creds", "anonfds", "unix", "unix_ext"];
+    &["heap", "sparse", "filemap", "regfile", "fpu", "counter", "daemon", "badfd", "unsupported", "sigstate", "steady", "threads", "tree", "sharedfd", "timers", "creds", "anonfds", "unix", "unix_ext", "memfiles"];
 const TMP_PREFIX: &str = "rcr-e2e-";
 
 /// Image files every successful dump of PID must leave behind.
@@ -348,8 +348,9 @@ pub fn assert_same_snapshot(before: &Snapshot, after: &Snapshot, what: &str) {
 /// with the inode numbers that a restore is free to change replaced by
 /// labels given in order of first appearance (pids in the order given, fds
 /// in order, then mappings in order): pipes (`pipe:[#1]`) and shared
-/// anonymous memory (`/dev/zero (deleted)`, SysV segments and memfds in
-/// maps). Sockets keep their inodes: tests/unix.rs looks them up in
+/// anonymous memory (`/dev/zero (deleted)` and SysV segments in maps),
+/// memfds and deleted files (any other ` (deleted)` mapping).
+/// Sockets keep their inodes: tests/unix.rs looks them up in
 /// /proc/net/unix and labels them itself.
 /// Equal labels before and after mean the same sharing: an fd still on the
 /// same pipe as the other fds that were on that pipe, a mapping still
@@ -373,8 +374,9 @@ pub fn snapshot_group(pids: &[i32]) -> Vec<Snapshot> {
             for line in snap.maps.lines() {
                 let f: Vec<&str> = line.split_whitespace().collect();
                 let path = if f.len() > 5 { f[5..].join(" ") } else { String::new() };
-                let anon_file = path == "/dev/zero (deleted)" || path.starts_with("/SYSV") || path.starts_with("/memfd:");
-                if f.len() > 5 && (f[1].ends_with('s') || path.starts_with("/memfd:")) && anon_file {
+                // Shared anonymous memory, SysV segments, memfds and deleted
+                // files: objects a restore recreates with new inodes.
+                if f.len() > 5 && path.ends_with(" (deleted)") {
                     let n = shmem.len() + 1;
                     let label = *shmem.entry(format!("{} {}", f[3], f[4])).or_insert(n);
                     let _ = writeln!(maps, "{} {} {} shmem#{label} {path}", f[0], f[1], f[2]);

@@ -10,12 +10,10 @@
  *   stdin is /dev/null; stdout and stderr are the same O_APPEND log file.
  *
  * Victims may install signal handlers (rcr saves and restores them: see
- * sigstate). threads runs many threads and holds a pipe between them; tree
- * is a process tree (children, grandchildren, a zombie, a stopped child,
- * pipes and shared memory between them): rcr dumps both. Other victims
- * create no pipes, sockets, threads or children, except badfd and
- * unsupported, whose dumps must be refused. All victims are built with
- * -pthread.
+ * sigstate). Each victim's header says what it holds (threads, children,
+ * pipes, sockets, timers, credentials...); allstate holds every kind at
+ * once. badfd and unsupported hold what a dump must refuse. All victims
+ * are built with -pthread.
  *
  * A victim never waits forever: with no go file after GO_TIMEOUT_POLLS polls
  * (10 minutes) it fails, so a crashed harness leaves nothing running.

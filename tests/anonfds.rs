@@ -87,11 +87,7 @@ fn anonfds_leave_running() {
     std::thread::sleep(Duration::from_millis(100));
     assert_runs_free(t.pid, "after dump -R");
     assert_same_outside(&before, t.pid, "after dump -R (the original)");
-    t.go("");
-    let st = t.wait_victim_exit();
-    t.assert_no_fail();
-    assert!(st.success(), "the original exited with {} after dump -R", describe(st));
-    t.assert_log_pass(1);
+    t.go_expect_original_pass();
 }
 
 /// An epoll shared by a parent and its child, with a registration only the
@@ -128,11 +124,7 @@ fn refused(name: &str, mode: &str, culprit: &[&str]) {
     std::thread::sleep(Duration::from_millis(100));
     assert_runs_free(t.pid, "after the refused dump");
     assert_same_snapshot(&before.0[0], &snapshot_group(&[t.pid])[0], "after the refused dump");
-    t.go("");
-    let st = t.wait_victim_exit();
-    t.assert_no_fail();
-    assert!(st.success(), "the refused victim exited with {}", describe(st));
-    t.assert_log_pass(1);
+    t.go_expect_original_pass();
 }
 
 /// Events queued on an inotify instance cannot be read without consuming

@@ -116,11 +116,7 @@ fn creds_leave_running() {
     assert_runs_free(t.pid, "after dump -R");
     assert_same_snapshot(&snap, &snapshot(t.pid), "after dump -R (the original)");
     assert_same_state(&before, &creds_state(t.pid), "after dump -R (the original)");
-    t.go("");
-    let st = t.wait_victim_exit();
-    t.assert_no_fail();
-    assert!(st.success(), "the original exited with {} after dump -R", describe(st));
-    t.assert_log_pass(1);
+    t.go_expect_original_pass();
 }
 
 /// rcr restore run with a hard RLIMIT_NOFILE below the saved one (300):

@@ -183,11 +183,7 @@ fn leave_running(name: &str, args: &[&str]) {
     assert_runs_free(t.pid, "after dump -R");
     assert_same_snapshot(&before, &snapshot(t.pid), "after dump -R (the original)");
     assert_eq!(sig_status(t.pid), sig_before, "signal state in /proc/PID/status after dump -R (the original)");
-    t.go("");
-    let st = t.wait_victim_exit();
-    t.assert_no_fail();
-    assert!(st.success(), "the original exited with {} after dump -R", describe(st));
-    t.assert_log_pass(1);
+    t.go_expect_original_pass();
 }
 
 /// The images of a dump -R hold the pending signals too: once the original

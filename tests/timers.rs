@@ -114,11 +114,7 @@ fn timers_leave_running() {
     assert_same_snapshot(&before, &snapshot(t.pid), "after dump -R (the original)");
     let after = check_outside(t.pid, &ids, "after dump -R");
     assert_eq!(timers, after, "/proc/PID/timers of the original after dump -R:\n{}", diff_lines(&timers, &after));
-    t.go("");
-    let st = t.wait_victim_exit();
-    t.assert_no_fail();
-    assert!(st.success(), "the original exited with {} after dump -R", describe(st));
-    t.assert_log_pass(1);
+    t.go_expect_original_pass();
 }
 
 /// A timer on CLOCK_THREAD_CPUTIME_ID counts the CPU time of the thread

@@ -224,11 +224,7 @@ fn threads_leave_running() {
     assert!(t.victim.as_mut().unwrap().try_wait().unwrap().is_none(), "dump -R killed the victim");
     check_threads_outside(t.pid, &th, "after dump -R (the original)");
     assert_same_snapshots(&before, &snapshot_group(&[t.pid]), &[t.pid], "after dump -R (the original)");
-    t.go("");
-    let st = t.wait_victim_exit();
-    t.assert_no_fail();
-    assert!(st.success(), "the original exited with {} after dump -R", describe(st));
-    t.assert_log_pass(1);
+    t.go_expect_original_pass();
 }
 
 /// Dump, restore, then dump the restored process again (killing it) and
@@ -399,11 +395,7 @@ fn tree_leave_running() {
     assert!(t.victim.as_mut().unwrap().try_wait().unwrap().is_none(), "dump -R killed the root");
     check_tree_outside(&tree, &before, "after dump -R (the original)");
     assert_same_snapshots(&snaps, &snapshot_group(&live), &live, "after dump -R (the original)");
-    t.go("");
-    let st = t.wait_victim_exit();
-    t.assert_no_fail();
-    assert!(st.success(), "the original root exited with {} after dump -R", describe(st));
-    t.assert_log_pass(1);
+    t.go_expect_original_pass();
     wait_pids_gone(&tree.all(), "the original tree, after PASS");
 }
 

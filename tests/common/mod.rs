@@ -811,6 +811,16 @@ impl TestEnv {
         self.assert_log_pass(1);
     }
 
+    /// After a `dump -R`: touches go, waits for the original victim (still
+    /// our child) to exit with 0 and checks PASS.
+    pub fn go_expect_original_pass(&mut self) {
+        self.go("");
+        let st = self.wait_victim_exit();
+        self.assert_no_fail();
+        assert!(st.success(), "the original victim exited with {} after dump -R", describe(st));
+        self.assert_log_pass(1);
+    }
+
     /// Everything the failure report shows.
     fn report(&self) -> String {
         fn tail(p: &Path, n: usize) -> String {

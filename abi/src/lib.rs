@@ -315,6 +315,11 @@ pub struct PendingSig {
 /// failed: the low bits are then the thread's index in the ThreadArgs.
 pub const THREAD_INDEX: u64 = 1 << 32;
 
+/// Bit where a credential step's item (resource, capability, filter
+/// number) starts in the reported index, above [`THREAD_INDEX`] and the
+/// thread's number.
+pub const ITEM_SHIFT: u64 = 40;
+
 /// Steps the blob reports on failure (in `rdi` at its final `int3`, with
 /// the negative errno in `rax` and the item index in `rsi`).
 #[repr(u64)]

@@ -25,7 +25,7 @@
 //! report, once memory is mapped and the threads exist, and before any
 //! credential change (raising a hard limit needs CAP_SYS_RESOURCE).
 use core::sync::atomic::{AtomicU32, Ordering};
-use rcr_abi::{sys, RestoreArgs, RestoreStep, ThreadArgs, ThreadCreds, NR_RLIMITS};
+use rcr_abi::{sys, RestoreArgs, RestoreStep, ThreadArgs, ThreadCreds, ITEM_SHIFT, NR_RLIMITS};
 
 const NR_SETGROUPS: u64 = 116;
 const NR_SETRESUID: u64 = 117;
@@ -63,10 +63,6 @@ const EPERM: i64 = -1;
 /// filter number; 0 if none) and the negative errno.
 pub type Fail = (RestoreStep, u64, i64);
 type Res = Result<(), Fail>;
-
-/// Bit where the item starts in a reported index (below: THREAD_INDEX
-/// and the thread's number).
-pub const ITEM_SHIFT: u64 = 40;
 
 fn ok(step: RestoreStep, r: i64) -> Res {
     item(step, 0, r)

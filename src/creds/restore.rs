@@ -4,14 +4,11 @@
 use crate::images::pb;
 use crate::proc;
 use anyhow::{bail, Context, Result};
-use rcr_abi::{RestoreStep, Rlimit, SeccompFilter, ThreadCreds, NR_RLIMITS};
+use rcr_abi::{RestoreStep, Rlimit, SeccompFilter, ThreadCreds, ITEM_SHIFT, NR_RLIMITS};
 
 const CAP_SYS_ADMIN: u64 = 21;
 const CAP_SYS_RESOURCE: u64 = 24;
 const SCHED_RESET_ON_FORK: u32 = 0x4000_0000;
-/// Where the blob puts the failing item (resource, capability, filter)
-/// in the index it reports (restorer-blob/src/creds.rs `ITEM_SHIFT`).
-const ITEM_SHIFT: u64 = 40;
 
 /// rcr's own capability sets, from /proc/self/status.
 struct Mine {

@@ -127,9 +127,7 @@ pub struct DumpCx {
     pub pipes: PipeTable,
     pub unix: unix::Table,
     pub epoll: epoll::Table,
-    pub inotify: inotify::Table,
     pub memfd: memfd::Table,
-    pub ghost: ghost::Table,
     pub fifo: fifo::Table,
 }
 

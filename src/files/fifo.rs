@@ -19,8 +19,6 @@ use std::fs::File;
 use std::os::fd::{AsRawFd, OwnedFd};
 use std::os::unix::fs::MetadataExt;
 
-/// Flags that only make sense when a file is first created.
-const CREATE_FLAGS: u32 = (libc::O_CREAT | libc::O_EXCL | libc::O_TRUNC | libc::O_NOCTTY | libc::O_CLOEXEC) as u32;
 
 /// The FIFOs of a tree being dumped, by (st_dev, st_ino).
 #[derive(Debug, Default)]
@@ -58,11 +56,6 @@ fn check_path(path: &str, dev: u64, inode: u64) -> Result<()> {
     Ok(())
 }
 
-/// Opens a FIFO with `flags` (creation flags and O_CLOEXEC dropped).
-fn open(path: &str, flags: u32) -> Result<OwnedFd> {
-    let c = std::ffi::CString::new(path.as_bytes()).context("path with NUL")?;
-    sys::open(&c, (flags & !CREATE_FLAGS) as i32).with_context(|| format!("opening {path} with flags {flags:#o}"))
-}
 
 /// Restore side: per FIFO, refill its buffer, then open its descriptions.
 pub fn create(descs: &[&FileDesc], cx: &mut CreateCx) -> Result<()> {
@@ -76,10 +69,10 @@ pub fn create(descs: &[&FileDesc], cx: &mut CreateCx) -> Result<()> {
         let (d0, f0) = group[0];
         let what = || format!("fds.img: description {} (FIFO {})", d0.id, f0.path);
         check_path(&f0.path, f0.dev, f0.inode).with_context(what)?;
-        let keeper = open(&f0.path, (libc::O_RDWR | libc::O_NONBLOCK) as u32).with_context(what)?;
+        let keeper = super::reg::open_path(&f0.path, (libc::O_RDWR | libc::O_NONBLOCK) as u32).with_context(what)?;
         refill(&keeper, f0.pipe_size, group.iter().flat_map(|(_, f)| f.data.iter().copied()).collect()).with_context(what)?;
         for (d, f) in group {
-            let fd = open(&f.path, d.flags).with_context(|| format!("fds.img: description {} (FIFO {})", d.id, f.path))?;
+            let fd = super::reg::open_path(&f.path, d.flags).with_context(|| format!("fds.img: description {} (FIFO {})", d.id, f.path))?;
             cx.out.insert(d.id, fd);
         }
     }

@@ -14,10 +14,6 @@ use anyhow::{anyhow, bail, Context, Result};
 use std::fs::File;
 use std::os::fd::OwnedFd;
 
-/// Ghost inodes live in the shared table, `DumpCx::memfd`.
-#[derive(Debug, Default)]
-pub struct Table {}
-
 /// The path of a deleted file, from its `/path (deleted)` link.
 pub fn ghost_path(link: &str) -> Option<&str> {
     link.strip_suffix(" (deleted)").filter(|p| p.starts_with('/'))

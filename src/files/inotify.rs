@@ -24,10 +24,6 @@ use std::io::Read;
 use std::os::fd::{AsRawFd, OwnedFd, RawFd};
 use std::os::unix::fs::MetadataExt;
 
-/// Nothing tree-wide: each instance is described on its own.
-#[derive(Debug, Default)]
-pub struct Table {}
-
 /// One `inotify wd:` line of an instance's fdinfo (path not resolved yet).
 fn parse_watch(line: &str) -> Option<InotifyWatch> {
     let mut w = InotifyWatch::default();

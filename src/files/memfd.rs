@@ -26,8 +26,6 @@ use std::os::unix::fs::{FileExt, MetadataExt, OpenOptionsExt};
 pub const DEFAULT_LIMIT: u64 = 64 << 20;
 /// Largest data run, and about the most data per memfiles.img entry.
 const CHUNK: u64 = 4 << 20;
-/// Flags that only make sense when a file is first created.
-const CREATE_FLAGS: u32 = (libc::O_CREAT | libc::O_EXCL | libc::O_TRUNC | libc::O_NOCTTY | libc::O_CLOEXEC) as u32;
 
 /// The inodes of memfds and deleted files of a tree being dumped.
 #[derive(Debug, Default)]
@@ -212,9 +210,7 @@ pub fn write_content(f: &File, m: &MemFile) -> Result<()> {
 /// A new open file description of the inode `inode` (an fd of rcr), with
 /// `flags` (access mode and status flags) and at offset `pos`.
 pub fn reopen(inode: RawFd, flags: u32, pos: u64) -> Result<OwnedFd> {
-    let link = format!("/proc/self/fd/{inode}");
-    let c = std::ffi::CString::new(link.as_bytes()).context("path with NUL")?;
-    let fd = crate::sys::open(&c, (flags & !CREATE_FLAGS) as i32).with_context(|| format!("reopening {link} with flags {flags:#o}"))?;
+    let fd = super::reg::open_path(&format!("/proc/self/fd/{inode}"), flags)?;
     if pos != 0 {
         crate::sys::lseek(fd.as_raw_fd(), pos).with_context(|| format!("seeking to {pos}"))?;
     }

@@ -8,12 +8,13 @@ use super::{FileTable, MEM_MAJOR};
 use crate::images::pb::{file_desc::Kind, FileDesc, RegFile};
 use anyhow::{bail, Context, Result};
 use std::fs::File;
-use std::os::fd::RawFd;
+use std::os::fd::{OwnedFd, RawFd};
 use std::os::unix::fs::MetadataExt;
 use std::path::Path;
 
-/// Flags that only make sense when a file is first created.
-const CREATE_FLAGS: u32 = (libc::O_CREAT | libc::O_EXCL | libc::O_TRUNC | libc::O_NOCTTY) as u32;
+/// Flags that only make sense when a file is first created, and
+/// O_CLOEXEC (the fd's, not the description's): dropped when reopening.
+const CREATE_FLAGS: u32 = (libc::O_CREAT | libc::O_EXCL | libc::O_TRUNC | libc::O_NOCTTY | libc::O_CLOEXEC) as u32;
 
 /// Whether `md` is a kind this module carries.
 pub fn is_reg(md: &std::fs::Metadata) -> bool {
@@ -120,10 +121,15 @@ pub fn check(what: &str, f: &RegFile, content: Content) -> Result<()> {
 
 /// Opens a saved file with `flags` (creation flags and O_CLOEXEC dropped).
 pub fn open(f: &RegFile, flags: u32) -> Result<RawFd> {
-    let flags = flags & !CREATE_FLAGS & !(libc::O_CLOEXEC as u32);
-    let c = std::ffi::CString::new(f.path.as_bytes()).context("path with NUL")?;
-    let fd = crate::sys::open(&c, flags as i32).with_context(|| format!("opening {}", f.path))?;
-    Ok(std::os::fd::IntoRawFd::into_raw_fd(fd))
+    Ok(std::os::fd::IntoRawFd::into_raw_fd(open_path(&f.path, flags)?))
+}
+
+/// Opens `path` as a saved description was opened: its access mode and
+/// status flags, without creation flags and O_CLOEXEC. Also for FIFOs and
+/// for new opens of memfds and deleted files through /proc/self/fd.
+pub fn open_path(path: &str, flags: u32) -> Result<OwnedFd> {
+    let c = std::ffi::CString::new(path.as_bytes()).with_context(|| format!("{path:?}: path with NUL"))?;
+    crate::sys::open(&c, (flags & !CREATE_FLAGS) as i32).with_context(|| format!("opening {path} with flags {flags:#o}"))
 }
 
 /// Restore side: opens each description (flags, then offset).

@@ -191,67 +191,44 @@ fn unregister_own_rseq() -> Result<()> {
 }
 
 /// Opens the files the VMAs map (for shared anonymous memory, memfds and
-/// deleted files: a copy of the object rcr created), the pages image and the exe file; the blob
-/// closes them all before the process runs.
+/// deleted files: a copy of the object rcr created), the pages image and
+/// the exe file; the blob closes them all before the process runs.
 fn open_mapping_fds(l: &Loaded, files: &FileTable, region: &mut Region, inherited: &Inherited) -> Result<()> {
-    let mut shmem: HashMap<u64, RawFd> = HashMap::new();
-    for (i, inode) in l.plan.vma_shmem.iter().enumerate() {
-        if *inode == 0 {
-            continue;
-        }
-        let fd = match shmem.get(inode) {
-            Some(fd) => *fd,
-            None => {
-                let obj = inherited.shmem.get(inode).with_context(|| format!("no shared memory object for inode {inode}"))?;
-                let fd = crate::sys::dup(*obj).context("dup of a shared memory object")?;
-                shmem.insert(*inode, fd);
-                fd
-            }
-        };
-        if let Some(v) = region.vmas_mut().get_mut(i) {
-            v.fd = fd;
-        }
-    }
-    let mut mem: HashMap<u32, RawFd> = HashMap::new();
-    for (i, id) in l.plan.vma_mem.iter().enumerate() {
-        if *id == 0 {
-            continue;
-        }
-        let fd = match mem.get(id) {
-            Some(fd) => *fd,
-            None => {
-                let obj = inherited.mem.get(id).with_context(|| format!("no memfd or deleted file {id} in memfiles.img"))?;
-                let fd = crate::sys::dup(*obj).context("dup of a memfd or deleted file")?;
-                mem.insert(*id, fd);
-                fd
-            }
-        };
-        if let Some(v) = region.vmas_mut().get_mut(i) {
-            v.fd = fd;
-        }
-    }
-    let mut by_id: HashMap<u32, RawFd> = HashMap::new();
-    for (i, id) in l.plan.vma_files.iter().enumerate() {
-        if *id == 0 {
-            continue;
-        }
-        let fd = match by_id.get(id) {
-            Some(fd) => *fd,
-            None => {
-                let f = files.get(*id).with_context(|| format!("file id {id}"))?;
-                let fd = files::reg::open(f, f.flags).with_context(|| format!("mapping {}", f.path))?;
-                by_id.insert(*id, fd);
-                fd
-            }
-        };
-        if let Some(v) = region.vmas_mut().get_mut(i) {
-            v.fd = fd;
-        }
-    }
+    assign_fds(&l.plan.vma_shmem, region, |inode| {
+        let obj = inherited.shmem.get(&inode).with_context(|| format!("no shared memory object for inode {inode}"))?;
+        crate::sys::dup(*obj).context("dup of a shared memory object")
+    })?;
+    assign_fds(&l.plan.vma_mem, region, |id| {
+        let obj = inherited.mem.get(&id).with_context(|| format!("no memfd or deleted file {id} in memfiles.img"))?;
+        crate::sys::dup(*obj).context("dup of a memfd or deleted file")
+    })?;
+    assign_fds(&l.plan.vma_files, region, |id| {
+        let f = files.get(id).with_context(|| format!("file id {id}"))?;
+        files::reg::open(f, f.flags).with_context(|| format!("mapping {}", f.path))
+    })?;
     let pages = std::fs::File::open(&l.pages_path).with_context(|| format!("opening {}", l.pages_path.display()))?;
     let exe = files.get(l.plan.exe_file_id).context("exe file")?;
     let exe_fd = files::reg::open(exe, libc::O_RDONLY as u32).with_context(|| format!("exe {}", exe.path))?;
     region.set_fds(pages.into_raw_fd(), exe_fd);
+    Ok(())
+}
+
+/// Gives each VMA with a non-zero key in `keys` (parallel to the region's
+/// VMAs) an fd, opened once per key with `open`.
+fn assign_fds<K: Copy + Default + Eq + std::hash::Hash>(keys: &[K], region: &mut Region, mut open: impl FnMut(K) -> Result<RawFd>) -> Result<()> {
+    let mut by_key: HashMap<K, RawFd> = HashMap::new();
+    for (i, &key) in keys.iter().enumerate() {
+        if key == K::default() {
+            continue;
+        }
+        let fd = match by_key.get(&key) {
+            Some(&fd) => fd,
+            None => *by_key.entry(key).or_insert(open(key)?),
+        };
+        if let Some(v) = region.vmas_mut().get_mut(i) {
+            v.fd = fd;
+        }
+    }
     Ok(())
 }
 

@@ -5,7 +5,7 @@
 
 use anyhow::{Context, Result};
 use std::ffi::CStr;
-use std::os::fd::{FromRawFd, OwnedFd, RawFd};
+use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
 
 fn cvt(r: libc::c_long) -> std::io::Result<libc::c_long> {
     if r < 0 {
@@ -224,6 +224,23 @@ pub fn set_pipe_size(fd: RawFd, size: i32) -> std::io::Result<()> {
         // SAFETY: fcntl with integer arguments on a fd the caller owns.
         cvt(unsafe { libc::fcntl(fd, libc::F_SETPIPE_SZ, size) } as libc::c_long)?;
     }
+    Ok(())
+}
+
+/// TIOCGWINSZ: the window size of the terminal at `fd`.
+pub fn get_winsize(fd: std::os::fd::BorrowedFd) -> std::io::Result<libc::winsize> {
+    let mut ws = libc::winsize { ws_row: 0, ws_col: 0, ws_xpixel: 0, ws_ypixel: 0 };
+    // SAFETY: TIOCGWINSZ writes one struct winsize to the pointer, which
+    // points at a live local of that type.
+    cvt(unsafe { libc::ioctl(fd.as_raw_fd(), libc::TIOCGWINSZ, &mut ws as *mut libc::winsize) } as libc::c_long)?;
+    Ok(ws)
+}
+
+/// TIOCSWINSZ: sets the window size of the terminal at `fd`.
+pub fn set_winsize(fd: std::os::fd::BorrowedFd, ws: &libc::winsize) -> std::io::Result<()> {
+    // SAFETY: TIOCSWINSZ only reads one struct winsize from the pointer,
+    // which points at a live value of that type.
+    cvt(unsafe { libc::ioctl(fd.as_raw_fd(), libc::TIOCSWINSZ, ws as *const libc::winsize) } as libc::c_long)?;
     Ok(())
 }
 

@@ -15,6 +15,7 @@ pub mod reg;
 pub mod signalfd;
 pub mod sysv;
 pub mod timerfd;
+pub mod tty;
 pub mod unix;
 
 use crate::images::pb::RegFile;

@@ -1,0 +1,54 @@
+//! Terminals: what every terminal device keeps apart from its open files
+//! (line settings, window size), read at dump and set at restore. The
+//! kinds of terminal rcr carries build on it.
+use crate::images::pb::{Termios, Winsize};
+use anyhow::{Context, Result};
+use nix::sys::termios as nt;
+use std::os::fd::BorrowedFd;
+
+/// The line settings of the terminal open at `fd`.
+pub fn termios(fd: BorrowedFd) -> Result<Termios> {
+    let t = nt::tcgetattr(fd).context("tcgetattr")?;
+    let raw: libc::termios = t.into();
+    Ok(Termios {
+        iflag: raw.c_iflag,
+        oflag: raw.c_oflag,
+        cflag: raw.c_cflag,
+        lflag: raw.c_lflag,
+        line: raw.c_line as u32,
+        cc: raw.c_cc.to_vec(),
+        ispeed: raw.c_ispeed,
+        ospeed: raw.c_ospeed,
+    })
+}
+
+/// Sets the line settings `t` (from an image) on the terminal at `fd`, at
+/// once (TCSANOW).
+pub fn set_termios(fd: BorrowedFd, t: &Termios) -> Result<()> {
+    let mut raw: libc::termios = nt::tcgetattr(fd).context("tcgetattr")?.into();
+    if t.cc.len() != raw.c_cc.len() {
+        anyhow::bail!("termios: {} control characters, expected {}", t.cc.len(), raw.c_cc.len());
+    }
+    raw.c_iflag = t.iflag;
+    raw.c_oflag = t.oflag;
+    raw.c_cflag = t.cflag;
+    raw.c_lflag = t.lflag;
+    raw.c_line = u8::try_from(t.line).context("termios: line discipline out of range")?;
+    raw.c_cc.copy_from_slice(&t.cc);
+    raw.c_ispeed = t.ispeed;
+    raw.c_ospeed = t.ospeed;
+    nt::tcsetattr(fd, nt::SetArg::TCSANOW, &nt::Termios::from(raw)).context("tcsetattr")
+}
+
+/// The window size of the terminal at `fd`.
+pub fn winsize(fd: BorrowedFd) -> Result<Winsize> {
+    let w = crate::sys::get_winsize(fd).context("TIOCGWINSZ")?;
+    Ok(Winsize { row: w.ws_row.into(), col: w.ws_col.into(), xpixel: w.ws_xpixel.into(), ypixel: w.ws_ypixel.into() })
+}
+
+/// Sets the window size `w` (from an image) on the terminal at `fd`.
+pub fn set_winsize(fd: BorrowedFd, w: &Winsize) -> Result<()> {
+    let field = |v: u32, name: &str| u16::try_from(v).with_context(|| format!("winsize.{name} {v} out of range"));
+    let ws = libc::winsize { ws_row: field(w.row, "row")?, ws_col: field(w.col, "col")?, ws_xpixel: field(w.xpixel, "xpixel")?, ws_ypixel: field(w.ypixel, "ypixel")? };
+    crate::sys::set_winsize(fd, &ws).context("TIOCSWINSZ")
+}

@@ -46,6 +46,15 @@ enum Cmd {
         /// (their data, holes excepted); a larger one fails the dump.
         #[arg(long = "ghost-limit", default_value_t = rcr::files::memfd::DEFAULT_LIMIT)]
         ghost_limit: u64,
+        /// A shell job: the tree runs in a terminal (and session) outside
+        /// it; fds on that terminal are saved as "the restoring terminal".
+        #[arg(short = 'j', long = "shell-job")]
+        shell_job: bool,
+        /// Carry established TCP connections (TCP_REPAIR); without it a
+        /// tree with one is refused. Traffic on them is blocked from the
+        /// dump until the restore (network lock).
+        #[arg(long = "tcp-established")]
+        tcp_established: bool,
     },
     /// Restore a process from an image directory.
     Restore {
@@ -61,6 +70,13 @@ enum Cmd {
         /// tree to that peer's name again (see dump --ext-unix-sk).
         #[arg(long = "ext-unix-sk")]
         ext_unix_sk: bool,
+        /// Restore a shell job (dumped with -j) into the terminal rcr runs
+        /// in, as the foreground job.
+        #[arg(short = 'j', long = "shell-job")]
+        shell_job: bool,
+        /// Restore established TCP connections (dumped with --tcp-established).
+        #[arg(long = "tcp-established")]
+        tcp_established: bool,
     },
     /// Print an image set in readable form (like CRIU's crit).
     Show {
@@ -81,11 +97,12 @@ fn main() {
         std::process::exit(1);
     }
     let result = match cli.cmd {
-        Cmd::Dump { pid, dir, leave_running, pages_via, scope, ext_unix_sk, ghost_limit } => {
-            rcr::dump::run(&rcr::dump::Options { pid, dir, leave_running, pages_via, scope, ext_unix_sk, ghost_limit }).map(|()| 0)
+        Cmd::Dump { pid, dir, leave_running, pages_via, scope, ext_unix_sk, ghost_limit, shell_job, tcp_established } => {
+            let o = rcr::dump::Options { pid, dir, leave_running, pages_via, scope, ext_unix_sk, ghost_limit, shell_job, tcp_established };
+            rcr::dump::run(&o).map(|()| 0)
         }
-        Cmd::Restore { dir, detached, pidfile, ext_unix_sk } => {
-            rcr::restore::run(&rcr::restore::Options { dir, detached, pidfile, ext_unix_sk })
+        Cmd::Restore { dir, detached, pidfile, ext_unix_sk, shell_job, tcp_established } => {
+            rcr::restore::run(&rcr::restore::Options { dir, detached, pidfile, ext_unix_sk, shell_job, tcp_established })
         }
         Cmd::Show { dir, json } => rcr::show::run(&dir, json).map(|()| 0),
         Cmd::Check => rcr::check::run(),

@@ -44,6 +44,10 @@ pub struct Options {
     pub ext_unix_sk: bool,
     /// Most content saved per memfd or deleted file (`--ghost-limit`).
     pub ghost_limit: u64,
+    /// `-j/--shell-job`: the tree's terminal is outside it.
+    pub shell_job: bool,
+    /// `--tcp-established`: carry established TCP connections.
+    pub tcp_established: bool,
 }
 
 /// How pages leave the target (`--pages-via`).
@@ -97,6 +101,8 @@ fn dump_tree(frozen: &Frozen, dir: &ImageDir, o: &Options) -> Result<()> {
     let mut shared = DumpCx::default();
     shared.unix.ext = o.ext_unix_sk;
     shared.memfd.limit = Some(o.ghost_limit);
+    shared.shell_job = o.shell_job;
+    shared.tcp_established = o.tcp_established;
     let mut xsave_size = 0;
     for p in &frozen.procs {
         match p.state {

@@ -16,7 +16,7 @@
 //! ([`after_fds`]: timers armed, epoll registrations) and closes the rest. So what was
 //! shared is shared again: offsets, status flags, pipe buffers, sockets.
 use super::pipe::PipeTable;
-use super::{epoll, eventfd, fifo, ghost, inotify, memfd, pipe, reg, signalfd, sysv, timerfd, unix, FileTable};
+use super::{epoll, eventfd, fifo, ghost, inotify, memfd, pipe, reg, signalfd, sysv, timerfd, tty, unix, FileTable};
 use crate::images::pb::{file_desc::Kind, FdEntry, FileDesc, MemFile, PipeEntry};
 use crate::images::{ImageDir, Kind as ImageKind};
 use crate::proc::{self, FdInfo};
@@ -71,6 +71,8 @@ pub enum Class {
     Pipe,
     Fifo,
     Socket,
+    /// A terminal: pty master or slave.
+    Tty,
     EventFd,
     Epoll,
     SignalFd,
@@ -87,6 +89,7 @@ pub fn classify(link: &str, md: &std::fs::Metadata) -> Class {
     match link {
         l if l.starts_with("pipe:[") => Class::Pipe,
         l if l.starts_with("socket:[") => Class::Socket,
+        _ if tty::is_tty(md) => Class::Tty,
         "anon_inode:[eventfd]" => Class::EventFd,
         "anon_inode:[eventpoll]" => Class::Epoll,
         "anon_inode:[signalfd]" => Class::SignalFd,
@@ -129,6 +132,10 @@ pub struct DumpCx {
     pub epoll: epoll::Table,
     pub memfd: memfd::Table,
     pub fifo: fifo::Table,
+    /// `rcr dump -j`: fds on the job's terminal (outside the tree) are allowed.
+    pub shell_job: bool,
+    /// `rcr dump --tcp-established`: established TCP connections are carried.
+    pub tcp_established: bool,
 }
 
 impl DumpCx {
@@ -193,6 +200,7 @@ fn dump_kind(f: &Fd, cx: &mut DumpCx) -> Result<Kind> {
         Class::Pipe => pipe::dump(f, &mut cx.pipes),
         Class::Fifo => fifo::dump(f, cx),
         Class::Socket => unix::dump(f, cx),
+        Class::Tty => tty::dump(f, cx),
         Class::EventFd => eventfd::dump(f),
         Class::Epoll => epoll::dump(f, cx),
         Class::SignalFd => signalfd::dump(f),
@@ -249,6 +257,10 @@ pub struct Images {
     pub pipes: Vec<PipeEntry>,
     /// `rcr restore --ext-unix-sk`: reconnect sockets to peers outside the tree.
     pub ext_unix_sk: bool,
+    /// `rcr restore -j`: the job's terminal is rcr's own.
+    pub shell_job: bool,
+    /// `rcr restore --tcp-established`.
+    pub tcp_established: bool,
     /// Inodes of memfds and deleted files (memfiles.img), ids from 1.
     pub mem_files: Vec<MemFile>,
 }
@@ -263,7 +275,7 @@ impl Images {
         }
         let mem_path = dir.file(ImageKind::MemFiles, None);
         let mem_files = if mem_path.exists() { memfd::load(dir.read_all(ImageKind::MemFiles, None)?)? } else { Vec::new() };
-        Ok(Images { descs, pipes: dir.read_all(ImageKind::Pipes, None)?, mem_files, ext_unix_sk: false })
+        Ok(Images { descs, pipes: dir.read_all(ImageKind::Pipes, None)?, mem_files, ..Images::default() })
     }
 
     pub fn get(&self, id: u32) -> Option<&FileDesc> {
@@ -313,6 +325,8 @@ pub fn create_all(images: &Images, files: &FileTable, mem: &HashMap<u32, RawFd>,
     timerfd::create(&of(|k| matches!(k, Kind::Timerfd(_))), &mut cx)?;
     inotify::create(&of(|k| matches!(k, Kind::Inotify(_))), &mut cx)?;
     epoll::create(&of(|k| matches!(k, Kind::Epoll(_))), &mut cx)?;
+    tty::pty::create(&of(|k| matches!(k, Kind::Pty(_))), &mut cx)?;
+    tty::shell::create(&of(|k| matches!(k, Kind::Terminal(_))), &mut cx)?;
     let mut out = HashMap::with_capacity(images.descs.len());
     for d in &images.descs {
         let what = || format!("fds.img: description {} ({})", d.id, d.link);

@@ -49,6 +49,10 @@ pub struct Options {
     pub pidfile: Option<PathBuf>,
     /// `--ext-unix-sk`: connect datagram sockets to peers outside the tree again.
     pub ext_unix_sk: bool,
+    /// `-j/--shell-job`: restore into rcr's terminal, as the foreground job.
+    pub shell_job: bool,
+    /// `--tcp-established`: restore established TCP connections.
+    pub tcp_established: bool,
 }
 
 /// The images of one live process, loaded and cross-checked.
@@ -146,6 +150,8 @@ pub fn run(o: &Options) -> Result<i32> {
     crate::sys::raise_nofile();
     let mut tree = load(&o.dir)?;
     tree.fd_images.ext_unix_sk = o.ext_unix_sk;
+    tree.fd_images.shell_job = o.shell_job;
+    tree.fd_images.tcp_established = o.tcp_established;
     validate(&tree)?;
     let mut regions = build_regions(&tree)?;
     let spans: Vec<_> = regions.iter().map(|r| r.as_ref().map(|r| (r.start, r.len, r.syscall_insn()))).collect();

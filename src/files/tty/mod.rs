@@ -1,10 +1,16 @@
 //! Terminals: what every terminal device keeps apart from its open files
 //! (line settings, window size), read at dump and set at restore. The
 //! kinds of terminal rcr carries build on it.
+pub mod pty;
+pub mod shell;
+
+use super::fds::{DumpCx, Fd};
+use crate::images::pb::file_desc::Kind;
 use crate::images::pb::{Termios, Winsize};
 use anyhow::{Context, Result};
 use nix::sys::termios as nt;
 use std::os::fd::BorrowedFd;
+use std::os::unix::fs::MetadataExt;
 
 /// The line settings of the terminal open at `fd`.
 pub fn termios(fd: BorrowedFd) -> Result<Termios> {
@@ -51,4 +57,27 @@ pub fn set_winsize(fd: BorrowedFd, w: &Winsize) -> Result<()> {
     let field = |v: u32, name: &str| u16::try_from(v).with_context(|| format!("winsize.{name} {v} out of range"));
     let ws = libc::winsize { ws_row: field(w.row, "row")?, ws_col: field(w.col, "col")?, ws_xpixel: field(w.xpixel, "xpixel")?, ws_ypixel: field(w.ypixel, "ypixel")? };
     crate::sys::set_winsize(fd, &ws).context("TIOCSWINSZ")
+}
+
+
+/// Major numbers of the Unix98 pty slaves (/dev/pts/N).
+const PTS_MAJORS: std::ops::RangeInclusive<u32> = 136..=143;
+
+/// Whether `md` is a terminal rcr knows: /dev/ptmx (5:2, a pty master
+/// once opened) or a /dev/pts/N slave.
+pub fn is_tty(md: &std::fs::Metadata) -> bool {
+    if md.mode() & libc::S_IFMT != libc::S_IFCHR {
+        return false;
+    }
+    let (major, minor) = (libc::major(md.rdev()), libc::minor(md.rdev()));
+    (major, minor) == (5, 2) || PTS_MAJORS.contains(&major)
+}
+
+/// Dumps an fd on a terminal: the terminal of a shell job (`-j`), or a
+/// pty whose pair the tree owns.
+pub fn dump(f: &Fd, cx: &mut DumpCx) -> Result<Kind> {
+    if shell::is_job_terminal(f, cx)? {
+        return shell::dump(f, cx);
+    }
+    pty::dump(f, cx)
 }

@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Builds rcr and runs all its tests (cargo test --release) on Debian 12 or
 # similar, x86-64. Installs what the tests need first: gcc and the C
-# library headers (build-essential), and a Rust toolchain through rustup
+# library headers (build-essential), nftables, tmux and redis (see
+# tools.sh), and a Rust toolchain through rustup
 # if none >= MIN_RUST is usable. Exits with the status of cargo test.
 #
 # Usage: sudo scripts/test.sh [extra cargo test arguments]
@@ -22,6 +23,7 @@ fi
 . "$REPO/scripts/tools.sh"
 
 ensure_tools
+ensure_test_tools
 echo "test.sh: gcc $(gcc -dumpfullversion), $(rustc --version), kernel $(uname -r)"
 cd "$REPO"
 exec cargo test --release "$@"

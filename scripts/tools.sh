@@ -1,6 +1,7 @@
 # Shared by scripts/demo.sh and scripts/test.sh (sourced, not run): makes
 # sure gcc, the C headers, python3 and a Rust toolchain with rust-objcopy are there,
 # installing them on a fresh Debian 12. Expects MIN_RUST and die() to be set.
+# ensure_test_tools adds what only the tests use.
 
 apt_install() {
     echo "installing $* (apt-get)"
@@ -38,3 +39,15 @@ ensure_tools() {
     fi
 }
 
+
+# What the tests use beyond the build: nftables (rcr's network lock for
+# TCP connections), tmux (shell-job tests drive a terminal), redis-server
+# and redis-tools (a real server restored with a client connected).
+ensure_test_tools() {
+    local pkgs=()
+    command -v nft >/dev/null || pkgs+=(nftables)
+    command -v tmux >/dev/null || pkgs+=(tmux)
+    [ -x /usr/bin/redis-server ] || pkgs+=(redis-server)
+    [ -x /usr/bin/redis-cli ] || pkgs+=(redis-tools)
+    if [ ${#pkgs[@]} -gt 0 ]; then apt_install "${pkgs[@]}"; fi
+}

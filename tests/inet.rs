@@ -54,6 +54,24 @@ fn net_view(pid: i32) -> Vec<String> {
     out
 }
 
+/// tx_queue and rx_queue of `pid`'s established TCP connection (/proc/net/tcp{,6}).
+fn queues(pid: i32) -> (u64, u64) {
+    let inodes: Vec<String> = fs::read_dir(format!("/proc/{pid}/fd"))
+        .map(|d| d.flatten().filter_map(|e| fs::read_link(e.path()).ok()).filter_map(|l| l.to_str()?.strip_prefix("socket:[")?.strip_suffix(']').map(str::to_string)).collect())
+        .unwrap_or_default();
+    for proto in ["tcp", "tcp6"] {
+        let s = fs::read_to_string(format!("/proc/net/{proto}")).unwrap_or_default();
+        for l in s.lines().skip(1) {
+            let f: Vec<&str> = l.split_whitespace().collect();
+            if f.len() > 9 && f[3] == "01" && inodes.iter().any(|i| i == f[9]) {
+                let (tx, rx) = f[4].split_once(':').expect("tx:rx");
+                return (u64::from_str_radix(tx, 16).expect("tx"), u64::from_str_radix(rx, 16).expect("rx"));
+            }
+        }
+    }
+    panic!("no established TCP connection of pid {pid} in /proc/net/tcp{{,6}}");
+}
+
 /// The rcr tables `nft list tables` shows.
 fn rcr_tables() -> Vec<String> {
     let out = std::process::Command::new("nft").args(["list", "tables"]).output().expect("running nft list tables");
@@ -233,6 +251,8 @@ fn established(name: &str, v6: bool, leave_running: bool) {
     let stop = Arc::new(AtomicBool::new(false));
     let w = writer(client.try_clone().expect("dup"), stop.clone());
     std::thread::sleep(Duration::from_millis(300));
+    let (tx, rx) = queues(t.pid);
+    assert!(tx > 0 && rx > 0, "the server's send and receive queues should both hold data at dump time (tx {tx}, rx {rx})");
     let before = net_view(t.pid);
     if leave_running {
         t.dump_ok(&["--tcp-established", "-R"]);

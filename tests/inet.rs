@@ -78,6 +78,17 @@ fn rcr_tables() -> Vec<String> {
     String::from_utf8_lossy(&out.stdout).lines().filter(|l| l.contains("rcr-")).map(|l| l.trim().trim_start_matches("table ").to_string()).collect()
 }
 
+/// Deletes a network lock a failed test left behind.
+struct TableGuard(String);
+
+impl Drop for TableGuard {
+    fn drop(&mut self) {
+        if rcr_tables().contains(&self.0) {
+            let _ = std::process::Command::new("nft").args(["delete", "table"]).args(self.0.split_whitespace()).status();
+        }
+    }
+}
+
 /// The network lock table the last dump of this test logged.
 fn logged_table(t: &TestEnv) -> String {
     let mut logs: Vec<_> = fs::read_dir(&t.dir).expect("test dir").flatten().map(|e| e.path()).filter(|p| p.to_string_lossy().ends_with("-dump.log")).collect();
@@ -262,6 +273,7 @@ fn established(name: &str, v6: bool, leave_running: bool) {
     } else {
         t.dump_ok(&["--tcp-established"]);
         let table = logged_table(&t);
+        let _guard = TableGuard(table.clone());
         assert!(rcr_tables().contains(&table), "the network lock {table} should stay while the tree is down: {:?}", rcr_tables());
         t.reap_victim();
         let images = t.images.to_string_lossy().into_owned();

@@ -24,6 +24,8 @@ ensure_tools() {
     rust_ok || command -v curl >/dev/null || pkgs+=(curl ca-certificates)
     # The tests restore a real multi-threaded program: python3.
     [ -x /usr/bin/python3 ] || pkgs+=(python3)
+    # --tcp-established locks the network with nftables: nft.
+    command -v nft >/dev/null || [ -x /usr/sbin/nft ] || pkgs+=(nftables)
     if [ ${#pkgs[@]} -gt 0 ]; then apt_install "${pkgs[@]}"; fi
     if ! rust_ok; then
         echo "installing a Rust toolchain (rustup, stable, minimal profile) into $HOME/.cargo"

@@ -31,7 +31,8 @@
 //! * One module per kind of resource, each with its dump and restore side
 //!   by side: [`mm`] (VMAs, pages, mm fields, vDSO), [`files`] (fds and
 //!   the open file descriptions behind them, shared across fds and
-//!   processes, one module per kind of file; cwd, root), [`tree`] (which
+//!   processes, one module per kind of file; cwd, root; TCP and UDP in
+//!   [`files::inet`], with TCP_REPAIR and an nftables network lock), [`tree`] (which
 //!   processes, their parent links, sessions and groups: freezing on dump,
 //!   forking on restore), [`timers`] (POSIX timers), [`creds`]
 //!   (credentials, seccomp, scheduling, limits: applied last, by the blob).

@@ -737,3 +737,107 @@ pub fn recv(fd: RawFd, buf: &mut [u8]) -> std::io::Result<usize> {
     // SAFETY: the kernel writes at most buf.len() bytes into `buf`.
     Ok(cvt(unsafe { libc::recv(fd, buf.as_mut_ptr() as *mut libc::c_void, buf.len(), 0) } as libc::c_long)? as usize)
 }
+
+// ---------------------------------------------------------------------------
+// IP sockets (TCP and UDP, IPv4 and IPv6): addresses as std's SocketAddr,
+// raw option structs (tcp_info, tcp_repair_window, linger...) as bytes.
+// ---------------------------------------------------------------------------
+
+/// getsockopt(2) into `buf`; returns the length the kernel wrote.
+pub fn getsockopt_bytes(fd: RawFd, level: i32, opt: i32, buf: &mut [u8]) -> std::io::Result<usize> {
+    let mut len = buf.len() as libc::socklen_t;
+    // SAFETY: the kernel writes at most `len` bytes into `buf`, which is that long.
+    cvt(unsafe { libc::getsockopt(fd, level, opt, buf.as_mut_ptr() as *mut libc::c_void, &mut len) } as libc::c_long)?;
+    Ok(len as usize)
+}
+
+/// setsockopt(2) of the raw bytes `data`.
+pub fn setsockopt_bytes(fd: RawFd, level: i32, opt: i32, data: &[u8]) -> std::io::Result<()> {
+    // SAFETY: the kernel reads data.len() bytes from `data`.
+    cvt(unsafe { libc::setsockopt(fd, level, opt, data.as_ptr() as *const libc::c_void, data.len() as libc::socklen_t) } as libc::c_long)?;
+    Ok(())
+}
+
+/// An ioctl that writes an int (SIOCINQ, SIOCOUTQ, SIOCOUTQNSD).
+pub fn ioctl_int(fd: RawFd, req: libc::c_ulong) -> std::io::Result<i32> {
+    let mut v: libc::c_int = 0;
+    // SAFETY: these requests write one int to the pointer given.
+    cvt(unsafe { libc::ioctl(fd, req as _, &mut v as *mut libc::c_int) } as libc::c_long)?;
+    Ok(v)
+}
+
+fn inet_from_storage(a: &libc::sockaddr_storage) -> std::io::Result<std::net::SocketAddr> {
+    use std::net::{Ipv4Addr, Ipv6Addr, SocketAddrV4, SocketAddrV6};
+    match a.ss_family as i32 {
+        libc::AF_INET => {
+            // SAFETY: the family says the storage holds a sockaddr_in.
+            let s = unsafe { &*(a as *const libc::sockaddr_storage as *const libc::sockaddr_in) };
+            Ok(SocketAddrV4::new(Ipv4Addr::from(u32::from_be(s.sin_addr.s_addr)), u16::from_be(s.sin_port)).into())
+        }
+        libc::AF_INET6 => {
+            // SAFETY: the family says the storage holds a sockaddr_in6.
+            let s = unsafe { &*(a as *const libc::sockaddr_storage as *const libc::sockaddr_in6) };
+            Ok(SocketAddrV6::new(Ipv6Addr::from(s.sin6_addr.s6_addr), u16::from_be(s.sin6_port), s.sin6_flowinfo, s.sin6_scope_id).into())
+        }
+        f => Err(std::io::Error::new(std::io::ErrorKind::InvalidData, format!("address family {f} is not IP"))),
+    }
+}
+
+fn inet_to_storage(addr: &std::net::SocketAddr) -> (libc::sockaddr_storage, libc::socklen_t) {
+    // SAFETY: sockaddr_storage is plain data; all zeroes is a valid value.
+    let mut st: libc::sockaddr_storage = unsafe { std::mem::zeroed() };
+    match addr {
+        std::net::SocketAddr::V4(a) => {
+            // SAFETY: sockaddr_storage is large and aligned enough for a sockaddr_in.
+            let s = unsafe { &mut *(&mut st as *mut libc::sockaddr_storage as *mut libc::sockaddr_in) };
+            s.sin_family = libc::AF_INET as libc::sa_family_t;
+            s.sin_port = a.port().to_be();
+            s.sin_addr.s_addr = u32::from(*a.ip()).to_be();
+            (st, std::mem::size_of::<libc::sockaddr_in>() as libc::socklen_t)
+        }
+        std::net::SocketAddr::V6(a) => {
+            // SAFETY: sockaddr_storage is large and aligned enough for a sockaddr_in6.
+            let s = unsafe { &mut *(&mut st as *mut libc::sockaddr_storage as *mut libc::sockaddr_in6) };
+            s.sin6_family = libc::AF_INET6 as libc::sa_family_t;
+            s.sin6_port = a.port().to_be();
+            s.sin6_addr.s6_addr = a.ip().octets();
+            s.sin6_flowinfo = a.flowinfo();
+            s.sin6_scope_id = a.scope_id();
+            (st, std::mem::size_of::<libc::sockaddr_in6>() as libc::socklen_t)
+        }
+    }
+}
+
+/// getsockname (peer: false) or getpeername (peer: true) of an IP socket.
+pub fn inet_name(fd: RawFd, peer: bool) -> std::io::Result<std::net::SocketAddr> {
+    // SAFETY: sockaddr_storage is plain data; all zeroes is a valid value.
+    let mut a: libc::sockaddr_storage = unsafe { std::mem::zeroed() };
+    let mut len = std::mem::size_of::<libc::sockaddr_storage>() as libc::socklen_t;
+    let p = &mut a as *mut libc::sockaddr_storage as *mut libc::sockaddr;
+    // SAFETY: the kernel writes at most `len` bytes into `a`.
+    let r = unsafe { if peer { libc::getpeername(fd, p, &mut len) } else { libc::getsockname(fd, p, &mut len) } };
+    cvt(r as libc::c_long)?;
+    inet_from_storage(&a)
+}
+
+/// bind(2) (connect: false) or connect(2) (connect: true) of an IP socket.
+pub fn inet_bind_or_connect(fd: RawFd, addr: &std::net::SocketAddr, connect: bool) -> std::io::Result<()> {
+    let (a, len) = inet_to_storage(addr);
+    let p = &a as *const libc::sockaddr_storage as *const libc::sockaddr;
+    // SAFETY: `a` holds a valid sockaddr of `len` bytes.
+    let r = unsafe { if connect { libc::connect(fd, p, len) } else { libc::bind(fd, p, len) } };
+    cvt(r as libc::c_long)?;
+    Ok(())
+}
+
+/// recv(2) with `flags` into `buf`; returns the bytes received.
+pub fn recv_flags(fd: RawFd, buf: &mut [u8], flags: i32) -> std::io::Result<usize> {
+    // SAFETY: the kernel writes at most buf.len() bytes into `buf`.
+    Ok(cvt(unsafe { libc::recv(fd, buf.as_mut_ptr() as *mut libc::c_void, buf.len(), flags) } as libc::c_long)? as usize)
+}
+
+/// send(2) with `flags`; returns the bytes sent.
+pub fn send_flags(fd: RawFd, data: &[u8], flags: i32) -> std::io::Result<usize> {
+    // SAFETY: `data` is a live buffer of data.len() bytes.
+    Ok(cvt(unsafe { libc::send(fd, data.as_ptr() as *const libc::c_void, data.len(), flags) } as libc::c_long)? as usize)
+}

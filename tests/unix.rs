@@ -7,7 +7,7 @@
 //! an abstract-name datagram server and client, a socket whose peer closed,
 //! a socket shared with a child; its header comment lists what it checks
 //! after go) and tests/victims/unix_ext.c (a socket connected to this test
-//! process, outside the dumped tree; TCP, UDP, netlink and packet sockets).
+//! process, outside the dumped tree; raw IP, netlink and packet sockets).
 //! From outside, the tests compare before the dump and after the restore
 //! (or the -R dump) the harness snapshot of each process with socket
 //! inodes relabelled in order of first appearance (the same sharing
@@ -176,8 +176,8 @@ fn unix_external_dgram() {
 #[test]
 fn other_families_refused() {
     for (mode, want) in [
-        ("tcp", ["AF_INET SOCK_STREAM", "TCP"]),
-        ("udp", ["AF_INET6 SOCK_DGRAM", "UDP"]),
+        ("raw", ["AF_INET SOCK_RAW", "protocol 1"]),
+        ("raw6", ["AF_INET6 SOCK_RAW", "raw IP sockets"]),
         ("netlink", ["AF_NETLINK SOCK_RAW", "netlink"]),
         ("packet", ["AF_PACKET SOCK_DGRAM", "packet"]),
     ] {

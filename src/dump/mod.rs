@@ -20,7 +20,7 @@
 //! detaches): the tree carries on as if nothing happened.
 //! [`fault::point`]s mark where the tests kill rcr.
 use crate::arch::cur as arch;
-use crate::files::{self, fds::DumpCx};
+use crate::files::{self, fds::DumpCx, inet::NetLock};
 use crate::images::pages::{PageFile, PageSink};
 use crate::images::{pb, ImageDir, Kind, FORMAT_VERSION, PAGE_SIZE};
 use crate::infect::parasite::{self, Parasite};
@@ -73,29 +73,42 @@ struct Collected {
 
 pub fn run(o: &Options) -> Result<()> {
     preflight(o.pid)?;
+    if o.tcp_established {
+        files::inet::check_nft()?;
+    }
     crate::sys::raise_nofile();
     let frozen = tree::dump::freeze(o.pid, o.scope)?;
     fault::point("target seized");
     let dir = ImageDir::create(&o.dir)?;
-    if let Err(e) = dump_tree(&frozen, &dir, o) {
-        for p in &frozen.procs {
-            remove_images(&dir, p.pid as u32);
+    let lock = match dump_tree(&frozen, &dir, o) {
+        Ok(lock) => lock,
+        Err(e) => {
+            for p in &frozen.procs {
+                remove_images(&dir, p.pid as u32);
+            }
+            return Err(e);
         }
-        return Err(e);
-    }
+    };
     fault::point("images written");
     let n = frozen.procs.len();
     if o.leave_running {
+        let unlocked = lock.map_or(Ok(()), NetLock::release);
         frozen.resume()?;
+        unlocked?;
         log::info(&format!("pid {}: {n} processes dumped and left running", o.pid));
     } else {
         frozen.kill()?;
+        if let Some(table) = lock.and_then(NetLock::keep) {
+            log::info(&format!("network lock {table} stays until restore"));
+        }
         log::info(&format!("pid {}: {n} processes dumped and killed", o.pid));
     }
     Ok(())
 }
 
-fn dump_tree(frozen: &Frozen, dir: &ImageDir, o: &Options) -> Result<()> {
+/// Returns the network lock, if a TCP connection was locked (on error it
+/// is undone as it drops).
+fn dump_tree(frozen: &Frozen, dir: &ImageDir, o: &Options) -> Result<Option<NetLock>> {
     let pstree: Vec<pb::PstreeEntry> = frozen.procs.iter().map(Process::pstree).collect();
     tree::plan(&pstree)?;
     let mut shared = DumpCx::default();
@@ -118,7 +131,8 @@ fn dump_tree(frozen: &Frozen, dir: &ImageDir, o: &Options) -> Result<()> {
     }
     let pids: Vec<i32> = frozen.procs.iter().map(|p| p.pid).collect();
     files::fds::finish(&mut shared, &pids)?;
-    write_tree_images(dir, o.pid, &pstree, &shared, xsave_size)
+    write_tree_images(dir, o.pid, &pstree, &shared, xsave_size)?;
+    Ok(shared.inet.lock.take())
 }
 
 /// Removes what a failed dump wrote, so no partial image set is left.
@@ -343,6 +357,7 @@ fn write_tree_images(dir: &ImageDir, root: i32, pstree: &[pb::PstreeEntry], shar
         page_size: PAGE_SIZE as u32,
         xsave_size: xsave_size as u32,
         xcr0: arch::xcr0(),
+        network_lock: shared.inet.lock.as_ref().and_then(NetLock::table).unwrap_or_default().to_string(),
     };
     dir.write_one(Kind::Inventory, None, &inv)
 }

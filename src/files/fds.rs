@@ -16,7 +16,7 @@
 //! ([`after_fds`]: timers armed, epoll registrations) and closes the rest. So what was
 //! shared is shared again: offsets, status flags, pipe buffers, sockets.
 use super::pipe::PipeTable;
-use super::{epoll, eventfd, fifo, ghost, inotify, memfd, pipe, reg, signalfd, sysv, timerfd, tty, unix, FileTable};
+use super::{epoll, eventfd, fifo, ghost, inet, inotify, memfd, pipe, reg, signalfd, sysv, timerfd, tty, unix, FileTable};
 use crate::images::pb::{file_desc::Kind, FdEntry, FileDesc, MemFile, PipeEntry};
 use crate::images::{ImageDir, Kind as ImageKind};
 use crate::proc::{self, FdInfo};
@@ -132,6 +132,8 @@ pub struct DumpCx {
     pub epoll: epoll::Table,
     pub memfd: memfd::Table,
     pub fifo: fifo::Table,
+    /// TCP and UDP: the network lock of the connections carried.
+    pub inet: inet::Table,
     /// `rcr dump -j`: fds on the job's terminal (outside the tree) are allowed.
     pub shell_job: bool,
     /// `rcr dump --tcp-established`: established TCP connections are carried.
@@ -199,7 +201,7 @@ fn dump_kind(f: &Fd, cx: &mut DumpCx) -> Result<Kind> {
         Class::Reg => reg::dump(f, &mut cx.files),
         Class::Pipe => pipe::dump(f, &mut cx.pipes),
         Class::Fifo => fifo::dump(f, cx),
-        Class::Socket => unix::dump(f, cx),
+        Class::Socket => socket(f, cx),
         Class::Tty => tty::dump(f, cx),
         Class::EventFd => eventfd::dump(f),
         Class::Epoll => epoll::dump(f, cx),
@@ -209,6 +211,17 @@ fn dump_kind(f: &Fd, cx: &mut DumpCx) -> Result<Kind> {
         Class::Memfd => memfd::dump(f, cx),
         Class::Ghost => ghost::dump(f, cx),
         Class::Unknown => Err(f.refuse(&format!("it is a {}", describe_kind(&f.md, &f.link)))),
+    }
+}
+
+/// A socket: TCP and UDP to [`inet`], the rest to [`unix`] (which refuses
+/// other families).
+fn socket(f: &Fd, cx: &mut DumpCx) -> Result<Kind> {
+    let kind = inet::sock_kind(f.file.as_raw_fd()).with_context(|| format!("{}: getsockopt SO_DOMAIN/SO_TYPE/SO_PROTOCOL", f.what()))?;
+    if inet::handles(kind) {
+        inet::dump(f, cx)
+    } else {
+        unix::dump(f, cx)
     }
 }
 
@@ -294,6 +307,7 @@ impl Images {
 
 /// Checks that the files the descriptions need are still as saved.
 pub fn validate(images: &Images, files: &FileTable) -> Result<()> {
+    inet::validate(images)?;
     reg::check_all(files, &images.descs)
 }
 
@@ -306,13 +320,16 @@ pub struct CreateCx<'a> {
     /// The recreated inodes of memfds and deleted files, by memfiles.img id.
     pub mem: &'a HashMap<u32, RawFd>,
     pub out: HashMap<u32, OwnedFd>,
+    /// Established TCP connections, still in repair mode.
+    pub tcp: inet::Repaired,
 }
 
 /// Creates every description (in rcr, before forking the tree), with its
 /// status flags, each at an inheritable fd number >= `min`. `mem`: the
-/// inodes [`memfd::create_inodes`] recreated.
-pub fn create_all(images: &Images, files: &FileTable, mem: &HashMap<u32, RawFd>, min: RawFd) -> Result<HashMap<u32, RawFd>> {
-    let mut cx = CreateCx { images, files, mem, out: HashMap::new() };
+/// inodes [`memfd::create_inodes`] recreated. Also returns rcr's copies of
+/// the established TCP connections, in repair mode until the tree runs.
+pub fn create_all(images: &Images, files: &FileTable, mem: &HashMap<u32, RawFd>, min: RawFd) -> Result<(HashMap<u32, RawFd>, inet::Repaired)> {
+    let mut cx = CreateCx { images, files, mem, out: HashMap::new(), tcp: inet::Repaired::default() };
     let of = |c: fn(&Kind) -> bool| -> Vec<&FileDesc> { images.descs.iter().filter(|d| d.kind.as_ref().is_some_and(c)).collect() };
     reg::create(&of(|k| matches!(k, Kind::RegFileId(_))), &mut cx)?;
     pipe::create(&of(|k| matches!(k, Kind::Pipe(_))), &mut cx)?;
@@ -320,6 +337,7 @@ pub fn create_all(images: &Images, files: &FileTable, mem: &HashMap<u32, RawFd>,
     memfd::create(&of(|k| matches!(k, Kind::Memfd(_))), &mut cx)?;
     ghost::create(&of(|k| matches!(k, Kind::Ghost(_))), &mut cx)?;
     unix::create(&of(|k| matches!(k, Kind::Unix(_))), &mut cx)?;
+    inet::create(&of(|k| matches!(k, Kind::Inet(_))), &mut cx)?;
     eventfd::create(&of(|k| matches!(k, Kind::Eventfd(_))), &mut cx)?;
     signalfd::create(&of(|k| matches!(k, Kind::Signalfd(_))), &mut cx)?;
     timerfd::create(&of(|k| matches!(k, Kind::Timerfd(_))), &mut cx)?;
@@ -334,7 +352,7 @@ pub fn create_all(images: &Images, files: &FileTable, mem: &HashMap<u32, RawFd>,
         set_flags(&fd, d.flags).with_context(what)?;
         out.insert(d.id, crate::sys::move_above(fd, min).with_context(what)?);
     }
-    Ok(out)
+    Ok((out, cx.tcp))
 }
 
 /// Gives a created file the saved status flags F_SETFL can set, where

@@ -8,6 +8,7 @@ pub mod fds;
 pub mod fifo;
 pub mod fs;
 pub mod ghost;
+pub mod inet;
 pub mod inotify;
 pub mod memfd;
 pub mod pipe;

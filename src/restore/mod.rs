@@ -95,6 +95,8 @@ pub struct Tree {
     pub files: FileTable,
     /// Open file descriptions and what they refer to (fds.img, pipes.img...).
     pub fd_images: crate::files::fds::Images,
+    /// The dump's network lock (inventory.img network_lock), "" if none.
+    pub net_lock: String,
 }
 
 /// What rcr creates before forking, inherited by every restored process
@@ -106,6 +108,8 @@ pub struct Inherited {
     pub descs: HashMap<u32, RawFd>,
     pub shmem: HashMap<u64, RawFd>,
     pub mem: HashMap<u32, RawFd>,
+    /// rcr's copies of the established TCP connections, in repair mode.
+    pub tcp: crate::files::inet::Repaired,
 }
 
 impl Inherited {
@@ -117,7 +121,7 @@ impl Inherited {
             mem.insert(id, crate::sys::move_above(fd, min)?);
         }
         let descs = crate::files::fds::create_all(&tree.fd_images, &tree.files, &mem, min);
-        let descs = descs.inspect_err(|_| mem.values().for_each(|&fd| crate::sys::close(fd)))?;
+        let (descs, tcp) = descs.inspect_err(|_| mem.values().for_each(|&fd| crate::sys::close(fd)))?;
         let mut sizes: HashMap<u64, u64> = HashMap::new();
         for l in live() {
             for v in l.mm.vmas.iter().filter(|v| v.kind == pb::VmaKind::VmaAnonShared as i32) {
@@ -131,7 +135,7 @@ impl Inherited {
             let fd = crate::sys::shmem_object(size).with_context(|| format!("recreating shared memory object {inode}"))?;
             shmem.insert(inode, crate::sys::move_above(fd, min)?);
         }
-        Ok(Inherited { descs, shmem, mem })
+        Ok(Inherited { descs, shmem, mem, tcp })
     }
 
     pub fn fds(&self) -> Vec<RawFd> {
@@ -152,12 +156,31 @@ pub fn run(o: &Options) -> Result<i32> {
     tree.fd_images.ext_unix_sk = o.ext_unix_sk;
     tree.fd_images.shell_job = o.shell_job;
     tree.fd_images.tcp_established = o.tcp_established;
-    validate(&tree)?;
-    let mut regions = build_regions(&tree)?;
+    let lock = tree.net_lock.clone();
+    let r = restore_tree(&tree);
+    if !lock.is_empty() {
+        let drop = crate::files::inet::drop_command(&lock);
+        r.map_err(|e| anyhow::anyhow!("{e:#}\nthe network lock (nftables table {lock}) stays in place, so the peers of the saved TCP connections wait for another try; to drop it: {drop}"))?;
+        if let Err(e) = crate::files::inet::delete_table(&lock) {
+            crate::log::warn(&format!("the restored tree runs, but the network lock stays: {e:#}"));
+        }
+    } else {
+        r?;
+    }
+    finish(o, tree.procs[0].pid())
+}
+
+/// Steps 2 to 6: validate, create, fork, supervise; established TCP
+/// connections leave repair mode just before the tree is let go.
+fn restore_tree(tree: &Tree) -> Result<()> {
+    validate(tree)?;
+    let mut regions = build_regions(tree)?;
     let spans: Vec<_> = regions.iter().map(|r| r.as_ref().map(|r| (r.start, r.len, r.syscall_insn()))).collect();
-    let inherited = Inherited::create(&tree);
-    let root = inherited.and_then(|inh| {
-        let root = fork_root(&tree, &mut regions, &inh);
+    let inherited = Inherited::create(tree);
+    let mut tcp = crate::files::inet::Repaired::default();
+    let root = inherited.and_then(|mut inh| {
+        tcp = std::mem::take(&mut inh.tcp);
+        let root = fork_root(tree, &mut regions, &inh);
         inh.close_all();
         root
     });
@@ -165,8 +188,7 @@ pub fn run(o: &Options) -> Result<i32> {
         r.unmap();
     }
     let (tracee, err_r) = root?;
-    supervise::run(&tree, &spans, tracee, err_r)?;
-    finish(o, tree.procs[0].pid())
+    supervise::run(tree, &spans, tracee, err_r, &mut || tcp.finish())
 }
 
 /// A bootstrap region for each live process, none overlapping rcr's
@@ -226,7 +248,7 @@ fn load(path: &std::path::Path) -> Result<Tree> {
         }
         procs[parent].children.push(i);
     }
-    Ok(Tree { procs, files, fd_images })
+    Ok(Tree { procs, files, fd_images, net_lock: inv.network_lock })
 }
 
 fn load_process(dir: &ImageDir, entry: pb::PstreeEntry, kin: Kin, files: &FileTable, self_maps: &[proc::MapEntry]) -> Result<Proc> {

@@ -62,9 +62,10 @@ struct Supervisor<'a> {
     err: std::fs::File,
 }
 
-/// Drives the forked tree to its saved state and detaches it. On error
-/// every process of the tree is killed.
-pub fn run(tree: &Tree, spans: &[Option<RegionSpan>], root: Tracee, err: std::fs::File) -> Result<()> {
+/// Drives the forked tree to its saved state and detaches it, calling
+/// `before_release` once every task is back in its saved state, before
+/// any runs. On error every process of the tree is killed.
+pub fn run(tree: &Tree, spans: &[Option<RegionSpan>], root: Tracee, err: std::fs::File, before_release: &mut dyn FnMut() -> Result<()>) -> Result<()> {
     let mut tasks = HashMap::new();
     for (i, p) in tree.procs.iter().enumerate() {
         for (k, &tid) in p.entry.threads.iter().enumerate() {
@@ -80,7 +81,7 @@ pub fn run(tree: &Tree, spans: &[Option<RegionSpan>], root: Tracee, err: std::fs
     }
     let mut s = Supervisor { tree, spans, tasks, counts, tracees: HashMap::new(), err };
     s.tracees.insert(root.pid(), root);
-    let result = s.drive().and_then(|()| s.finish());
+    let result = s.drive().and_then(|()| s.finish()).and_then(|()| before_release());
     if let Err(e) = result {
         let msg = s.child_error();
         kill_tree(tree);

@@ -4,7 +4,7 @@
  *
  *   unix_ext GO_FILE stream PATH   a stream socket connected to PATH
  *   unix_ext GO_FILE dgram PATH    a datagram socket connected to PATH
- *   unix_ext GO_FILE tcp|udp|netlink|packet -
+ *   unix_ext GO_FILE raw|raw6|netlink|packet -
  *                                  holds a socket of that kind (rcr refuses
  *                                  it); after go just prints PASS
  *
@@ -18,16 +18,17 @@
 #include <stddef.h>
 #include <sys/socket.h>
 #include <sys/un.h>
+#include <netinet/in.h>
 
 int main(int argc, char **argv)
 {
 	need_args(argc, argv, 3, "GO_FILE stream|dgram PATH");
 	int dgram = strcmp(argv[2], "dgram") == 0;
 	int other = -2;
-	if (!strcmp(argv[2], "tcp"))
-		other = socket(AF_INET, SOCK_STREAM, 0);
-	else if (!strcmp(argv[2], "udp"))
-		other = socket(AF_INET6, SOCK_DGRAM, 0);
+	if (!strcmp(argv[2], "raw"))
+		other = socket(AF_INET, SOCK_RAW, IPPROTO_ICMP);
+	else if (!strcmp(argv[2], "raw6"))
+		other = socket(AF_INET6, SOCK_RAW, IPPROTO_ICMPV6);
 	else if (!strcmp(argv[2], "netlink"))
 		other = socket(AF_NETLINK, SOCK_RAW, 0);
 	else if (!strcmp(argv[2], "packet"))

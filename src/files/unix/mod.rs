@@ -101,9 +101,9 @@ fn refusal(family: i32, ty: i32, proto: i32) -> String {
         libc::AF_INET | libc::AF_INET6 => {
             let fam = if family == libc::AF_INET { "AF_INET" } else { "AF_INET6" };
             let why = match (ty, proto) {
-                (libc::SOCK_STREAM, _) => "TCP sockets are not carried yet (a later issue)",
-                (libc::SOCK_DGRAM, libc::IPPROTO_UDP | 0) => "UDP sockets are not carried yet (a later issue)",
-                _ => "raw and other IP sockets are not carried",
+                (libc::SOCK_DGRAM, libc::IPPROTO_ICMP | libc::IPPROTO_ICMPV6) => "ICMP (ping) sockets are not carried",
+                (libc::SOCK_RAW, _) => "raw IP sockets are not carried",
+                _ => "only TCP and UDP sockets are carried among IP sockets",
             };
             (fam.to_string(), why)
         }

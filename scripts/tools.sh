@@ -41,13 +41,11 @@ ensure_tools() {
     fi
 }
 
-
-# What the tests use beyond the build: nftables (rcr's network lock for
-# TCP connections), tmux (shell-job tests drive a terminal), redis-server
+# What the tests use beyond the build (nftables comes with ensure_tools,
+# for rcr's network lock): tmux (shell-job tests drive a terminal), redis-server
 # and redis-tools (a real server restored with a client connected).
 ensure_test_tools() {
     local pkgs=()
-    command -v nft >/dev/null || pkgs+=(nftables)
     command -v tmux >/dev/null || pkgs+=(tmux)
     [ -x /usr/bin/redis-server ] || pkgs+=(redis-server)
     [ -x /usr/bin/redis-cli ] || pkgs+=(redis-tools)

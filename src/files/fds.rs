@@ -132,6 +132,7 @@ pub struct DumpCx {
     pub epoll: epoll::Table,
     pub memfd: memfd::Table,
     pub fifo: fifo::Table,
+    pub pty: tty::pty::Table,
     /// `rcr dump -j`: fds on the job's terminal (outside the tree) are allowed.
     pub shell_job: bool,
     /// `rcr dump --tcp-established`: established TCP connections are carried.
@@ -236,6 +237,7 @@ pub fn finish(cx: &mut DumpCx, tree: &[i32]) -> Result<()> {
     cx.pipes.check_complete(tree)?;
     unix::finish(cx, tree)?;
     epoll::finish(cx, tree)?;
+    tty::pty::finish(cx, tree)?;
     sysv::check_tree(tree)?;
     Ok(())
 }

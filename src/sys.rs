@@ -322,7 +322,7 @@ pub fn tty_set_controlling(fd: RawFd) -> std::io::Result<()> {
 }
 
 /// TIOCGPTPEER: opens the slave of the pty master at `fd` with `flags`
-/// (access mode, O_NOCTTY, O_NONBLOCK, O_CLOEXEC).
+/// (access mode, O_NOCTTY, O_NONBLOCK).
 pub fn pty_open_peer(fd: RawFd, flags: i32) -> std::io::Result<OwnedFd> {
     // SAFETY: TIOCGPTPEER takes the open flags as an integer argument
     // and returns a new fd.

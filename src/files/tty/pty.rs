@@ -204,7 +204,9 @@ fn setup(p: &Pty, master: &OwnedFd, slaves: &[&FileDesc], cx: &mut CreateCx) -> 
     let m = master.as_raw_fd();
     sys::tty_set(m, TtySet::Locked, 0).context("unlocking (TIOCSPTLCK)")?;
     for s in slaves {
-        let flags = (s.flags as i32 & libc::O_ACCMODE) | libc::O_NOCTTY | libc::O_CLOEXEC;
+        // No O_CLOEXEC: TIOCGPTPEER would keep it in the file's flags,
+        // where fdinfo shows it whatever the fd's own bit.
+        let flags = (s.flags as i32 & libc::O_ACCMODE) | libc::O_NOCTTY;
         let fd = sys::pty_open_peer(m, flags).with_context(|| format!("opening slave description {} (TIOCGPTPEER)", s.id))?;
         if matches!(&s.kind, Some(Kind::Pty(q)) if q.exclusive) {
             sys::tty_set_exclusive(fd.as_raw_fd()).context("TIOCEXCL on the slave")?;

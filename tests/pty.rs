@@ -30,12 +30,13 @@ fn serial() -> MutexGuard<'static, ()> {
     LOCK.lock().unwrap_or_else(|e| e.into_inner())
 }
 
-/// The tree the victim made: its processes (P, C, G) and the paths of
-/// its two ptys.
+/// The tree the victim made: its processes (P, C, G, D) and the paths of
+/// its ptys A (C's terminal), B (locked, no slave), E (D's terminal).
 struct Victim {
-    pids: [i32; 3],
+    pids: [i32; 4],
     a: String,
     b: String,
+    e: String,
 }
 
 fn start(name: &str) -> Option<(TestEnv, Victim)> {
@@ -45,8 +46,9 @@ fn start(name: &str) -> Option<(TestEnv, Victim)> {
     let line = t.log_text().lines().find_map(|l| l.strip_prefix("PTY ").map(str::to_string)).expect("no PTY line in the victim log");
     let kv: BTreeMap<&str, &str> = line.split_whitespace().filter_map(|w| w.split_once('=')).collect();
     let (c, g): (i32, i32) = (kv["child"].parse().expect("child pid"), kv["grandchild"].parse().expect("grandchild pid"));
-    t.track(&[c, g]);
-    let v = Victim { pids: [t.pid, c, g], a: kv["a"].to_string(), b: kv["b"].to_string() };
+    let d: i32 = kv["d"].parse().expect("d pid");
+    t.track(&[c, g, d]);
+    let v = Victim { pids: [t.pid, c, g, d], a: kv["a"].to_string(), b: kv["b"].to_string(), e: kv["e"].to_string() };
     Some((t, v))
 }
 
@@ -73,14 +75,17 @@ fn assert_same_view(before: &(Vec<Snapshot>, Vec<String>), after: &(Vec<Snapshot
     for (b, a) in before.0.iter().zip(&after.0) {
         assert_same_snapshot(b, a, what);
     }
-    assert_eq!(before.1, after.1, "{what}: tty_nr and tpgid of P, C, G differ (left: before)");
+    assert_eq!(before.1, after.1, "{what}: tty_nr and tpgid of P, C, G, D differ (left: before)");
 }
 
 /// Checks the victim set up what we expect, seen from outside.
 fn check_setup(v: &Victim) {
-    let [_, _, g] = v.pids;
-    let want = vec!["0 -1".to_string(), format!("{} {g}", tty_nr(index(&v.a))), format!("{} {g}", tty_nr(index(&v.a)))];
-    assert_eq!(ctty(&v.pids), want, "tty_nr and tpgid of P, C, G");
+    let [_, _, g, d] = v.pids;
+    let a = tty_nr(index(&v.a));
+    let want = vec!["0 -1".to_string(), format!("{a} {g}"), format!("{a} {g}"), format!("{} {d}", tty_nr(index(&v.e)))];
+    assert_eq!(ctty(&v.pids), want, "tty_nr and tpgid of P, C, G, D");
+    let d_fds = snapshot(d).attrs;
+    assert!(!d_fds.values().any(|v| v.starts_with("/dev/pts")), "D should hold no fd on a pty: {d_fds:?}");
     let snap = snapshot(v.pids[1]);
     assert_eq!(snap.attrs.get("fd   0 target"), Some(&v.a), "C's fd 0");
     assert_eq!(snap.attrs.get("fd   5 target"), Some(&v.a), "C's fd 5");
@@ -135,6 +140,7 @@ fn pty_dump_kill_restore() {
     assert_eq!(pid, t.pid, "restored with a different PID");
     assert_same_view(&before, &view(&v.pids), "after restore");
     assert!(std::path::Path::new(&v.b).exists(), "the locked pty {} is back", v.b);
+    assert!(std::path::Path::new(&v.e).exists(), "pty {} is back", v.e);
     t.go_expect_pass();
 }
 

@@ -247,6 +247,15 @@ mod tests {
     }
 
     #[test]
+    fn tty_nr_decodes_to_major_minor() {
+        assert_eq!(decode_dev(0), (0, 0));
+        assert_eq!(decode_dev((136 << 8) | 2), (136, 2));
+        // /dev/pts/300: 137:44; minor bits above 0xff sit at bit 20.
+        assert_eq!(decode_dev((137 << 8) | 44), (137, 44));
+        assert_eq!(decode_dev((4 << 8) | 0x34 | (0x100 << 12)), (4, 0x134));
+    }
+
+    #[test]
     fn smaps_lines_and_flags() {
         let s = "00400000-00401000 r-xp 00001000 fd:01 1234    /usr/bin/x y\nSize: 4 kB\nVmFlags: rd ex mr mw me\n7ffd0000-7ffd2000 rw-p 00000000 00:00 0                          [stack]\nVmFlags: rd wr gd\n";
         let m = parse_smaps(s).unwrap();

@@ -14,7 +14,11 @@
  *     process group the foreground one.
  *   G (child of C) leads its own process group, inherits fds 0 and 5;
  *     SIGWINCH and SIGINT are blocked (it collects them after go).
- *   P prints "PTY child=C grandchild=G a=/dev/pts/N b=/dev/pts/M" and READY.
+ *   D (another child of P) calls setsid, opens the slave of pty E (fd 6 in
+ *     P, unlocked), makes it its controlling terminal and closes it: D's
+ *     session has that terminal but no fd on it.
+ *   P prints "PTY child=C grandchild=G d=D a=/dev/pts/N b=/dev/pts/M
+ *   e=/dev/pts/K" and READY.
  *
  * After go (each process polls for the go file):
  *   P: ptsname of A and B, termios, window size, packet mode on, A
@@ -29,6 +33,8 @@
  *   G: tcgetpgrp(0) is its own group, /dev/tty opens; reads "hello" on fd
  *      0, writes "world!" on fd 5; gets SIGWINCH and sees the new window
  *      size; gets SIGINT.
+ *   D: /dev/tty opens, onto a terminal whose session and foreground group
+ *      are D's.
  * Every failure is a FAIL line; C and G report theirs through their exit
  * status too.
  *
@@ -51,7 +57,7 @@
 #define STEP_MS 10000
 
 static struct termios want_tio;
-static char name_a[64], name_b[64];
+static char name_a[64], name_b[64], name_e[64];
 static int failed;
 
 __attribute__((format(printf, 1, 2)))
@@ -180,6 +186,33 @@ static int grandchild(const char *go)
 	return failed;
 }
 
+/* D: the controlling terminal is E's slave, with no fd on it. */
+static void d_child(const char *go, int sync)
+{
+	int fd;
+
+	close(3);
+	close(4);
+	close(7);
+	if (setsid() < 0)
+		fail("D: setsid: %s", strerror(errno));
+	fd = open(name_e, O_RDWR | O_NOCTTY);
+	if (fd < 0 || ioctl(fd, TIOCSCTTY, 0) < 0)
+		fail("D: %s as the controlling terminal: %s", name_e, strerror(errno));
+	close(fd);
+	close(6);
+	if (write(sync, "D", 1) != 1)
+		exit(3);
+	close(sync);
+	wait_for_go(go);
+	fd = open("/dev/tty", O_RDWR | O_NOCTTY);
+	if (fd < 0)
+		bad("D: open /dev/tty: %s", strerror(errno));
+	else if (tcgetsid(fd) != getpid() || tcgetpgrp(fd) != getpid())
+		bad("D: /dev/tty has session %d and foreground %d, want mine (%d)", tcgetsid(fd), tcgetpgrp(fd), getpid());
+	exit(failed);
+}
+
 static void child(const char *go, int sync)
 {
 	sigset_t set;
@@ -188,6 +221,7 @@ static void child(const char *go, int sync)
 
 	close(3);
 	close(4);
+	close(6);
 	close(7);
 	if (setsid() < 0)
 		fail("C: setsid: %s", strerror(errno));
@@ -264,7 +298,7 @@ static int setup_a(int a)
 	return 0;
 }
 
-static void parent(const char *go, pid_t c, pid_t g)
+static void parent(const char *go, pid_t c, pid_t g, pid_t d)
 {
 	struct winsize w = { 40, 100, 555, 333 };
 	char buf[8], name[64];
@@ -295,6 +329,10 @@ static void parent(const char *go, pid_t c, pid_t g)
 		bad("P: writing VINTR: %s", strerror(errno));
 	if (waitpid(c, &st, 0) != c || !WIFEXITED(st) || WEXITSTATUS(st) != 0)
 		bad("P: C ended with status %#x", st);
+	if (waitpid(d, &st, 0) != d || !WIFEXITED(st) || WEXITSTATUS(st) != 0)
+		bad("P: D ended with status %#x", st);
+	if (ptsname_r(6, name, sizeof(name)) != 0 || strcmp(name, name_e) != 0)
+		bad("P: pty E is %s, want %s", name, name_e);
 	if (failed)
 		exit(1);
 	pass();
@@ -334,9 +372,9 @@ static int hold_queued(const char *go)
 
 int main(int argc, char **argv)
 {
-	int sync[2], a, b;
+	int sync[2], a, b, e;
 	sigset_t set;
-	pid_t c, g;
+	pid_t c, g, d;
 	char buf[2];
 
 	need_args(argc, argv, 1, "GO_FILE [slave PATH]");
@@ -354,8 +392,18 @@ int main(int argc, char **argv)
 	b = posix_openpt(O_RDWR | O_NOCTTY);
 	if (b != 4 || ptsname_r(b, name_b, sizeof(name_b)) != 0)
 		fail("opening pty B (fd %d): %s", b, strerror(errno));
+	e = posix_openpt(O_RDWR | O_NOCTTY);
+	if (e != 5 || dup2(e, 6) != 6 || close(e) < 0 || unlockpt(6) < 0 || ptsname_r(6, name_e, sizeof(name_e)) != 0)
+		fail("opening pty E (fd %d): %s", e, strerror(errno));
 	if (pipe(sync) < 0)
 		fail("pipe: %s", strerror(errno));
+	d = fork();
+	if (d < 0)
+		fail("fork: %s", strerror(errno));
+	if (d == 0) {
+		close(sync[0]);
+		d_child(argv[1], sync[1]);
+	}
 	c = fork();
 	if (c < 0)
 		fail("fork: %s", strerror(errno));
@@ -364,14 +412,14 @@ int main(int argc, char **argv)
 		child(argv[1], sync[1]);
 	}
 	close(sync[1]);
-	for (int i = 0; i < 2; i++)
+	for (int i = 0; i < 3; i++)
 		if (read(sync[0], buf, 1) != 1)
-			fail("C or G died during setup");
+			fail("C, G or D died during setup");
 	close(sync[0]);
 	/* G is C's only child and leads its own group: the foreground one. */
 	g = ioctl_int(3, TIOCGPGRP);
-	say("PTY child=%d grandchild=%d a=%s b=%s", c, g, name_a, name_b);
+	say("PTY child=%d grandchild=%d d=%d a=%s b=%s e=%s", c, g, d, name_a, name_b, name_e);
 	ready();
-	parent(argv[1], c, g);
+	parent(argv[1], c, g, d);
 	return 1;
 }

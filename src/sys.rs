@@ -244,6 +244,93 @@ pub fn set_winsize(fd: std::os::fd::BorrowedFd, ws: &libc::winsize) -> std::io::
     Ok(())
 }
 
+/// Terminal ioctls that write one int through their pointer argument.
+#[derive(Debug, Clone, Copy)]
+pub enum TtyGet {
+    /// TIOCGPTN: the index N of a pty master's /dev/pts/N.
+    PtyIndex,
+    /// TIOCGPKT: packet mode of a pty master.
+    Packet,
+    /// TIOCGPTLCK: whether a pty's slave is locked.
+    Locked,
+    /// TIOCGEXCL: exclusive mode.
+    Exclusive,
+    /// TIOCGPGRP: the foreground process group.
+    Foreground,
+    /// TIOCGSID: the session whose controlling terminal it is.
+    Session,
+    /// FIONREAD: bytes ready to be read.
+    Queued,
+}
+
+/// Terminal ioctls that read one int through their pointer argument.
+#[derive(Debug, Clone, Copy)]
+pub enum TtySet {
+    /// TIOCPKT: packet mode on (1) or off (0).
+    Packet,
+    /// TIOCSPTLCK: lock (1) or unlock (0) the slave.
+    Locked,
+    /// TIOCSPGRP: the foreground process group.
+    Foreground,
+}
+
+/// Reads one int of terminal state with `what`.
+pub fn tty_get(fd: RawFd, what: TtyGet) -> std::io::Result<i32> {
+    let req = match what {
+        TtyGet::PtyIndex => libc::TIOCGPTN,
+        TtyGet::Packet => libc::TIOCGPKT,
+        TtyGet::Locked => libc::TIOCGPTLCK,
+        TtyGet::Exclusive => libc::TIOCGEXCL,
+        TtyGet::Foreground => libc::TIOCGPGRP,
+        TtyGet::Session => libc::TIOCGSID,
+        TtyGet::Queued => libc::FIONREAD,
+    };
+    let mut v: libc::c_int = 0;
+    // SAFETY: every request above writes exactly one int to the pointer,
+    // which points at a live local int.
+    cvt(unsafe { libc::ioctl(fd, req, &mut v as *mut libc::c_int) } as libc::c_long)?;
+    Ok(v)
+}
+
+/// Sets one int of terminal state with `what`.
+pub fn tty_set(fd: RawFd, what: TtySet, v: i32) -> std::io::Result<()> {
+    let req = match what {
+        TtySet::Packet => libc::TIOCPKT,
+        TtySet::Locked => libc::TIOCSPTLCK,
+        TtySet::Foreground => libc::TIOCSPGRP,
+    };
+    // SAFETY: every request above reads exactly one int from the pointer,
+    // which points at a live local int.
+    cvt(unsafe { libc::ioctl(fd, req, &v as *const libc::c_int) } as libc::c_long)?;
+    Ok(())
+}
+
+/// TIOCEXCL: no more opens of the terminal at `fd` but by root.
+pub fn tty_set_exclusive(fd: RawFd) -> std::io::Result<()> {
+    // SAFETY: TIOCEXCL takes no argument.
+    cvt(unsafe { libc::ioctl(fd, libc::TIOCEXCL) } as libc::c_long)?;
+    Ok(())
+}
+
+/// TIOCSCTTY (no stealing): the terminal at `fd` (for a pty master: its
+/// slave) becomes the controlling terminal of the caller, a session
+/// leader without one.
+pub fn tty_set_controlling(fd: RawFd) -> std::io::Result<()> {
+    // SAFETY: TIOCSCTTY takes an integer argument, not a pointer.
+    cvt(unsafe { libc::ioctl(fd, libc::TIOCSCTTY, 0 as libc::c_ulong) } as libc::c_long)?;
+    Ok(())
+}
+
+/// TIOCGPTPEER: opens the slave of the pty master at `fd` with `flags`
+/// (access mode, O_NOCTTY, O_NONBLOCK).
+pub fn pty_open_peer(fd: RawFd, flags: i32) -> std::io::Result<OwnedFd> {
+    // SAFETY: TIOCGPTPEER takes the open flags as an integer argument
+    // and returns a new fd.
+    let peer = cvt(unsafe { libc::ioctl(fd, libc::TIOCGPTPEER, flags as libc::c_ulong) } as libc::c_long)?;
+    // SAFETY: the fd was just created for us and is owned by nobody else.
+    Ok(unsafe { OwnedFd::from_raw_fd(peer as RawFd) })
+}
+
 /// F_SETFL.
 pub fn status_flags(fd: RawFd) -> std::io::Result<i32> {
     // SAFETY: fcntl F_GETFL on a fd the caller owns.

@@ -134,6 +134,7 @@ pub struct DumpCx {
     pub fifo: fifo::Table,
     /// TCP and UDP: the network lock of the connections carried.
     pub inet: inet::Table,
+    pub pty: tty::pty::Table,
     /// `rcr dump -j`: fds on the job's terminal (outside the tree) are allowed.
     pub shell_job: bool,
     /// `rcr dump --tcp-established`: established TCP connections are carried.
@@ -249,6 +250,7 @@ pub fn finish(cx: &mut DumpCx, tree: &[i32]) -> Result<()> {
     cx.pipes.check_complete(tree)?;
     unix::finish(cx, tree)?;
     epoll::finish(cx, tree)?;
+    tty::pty::finish(cx, tree)?;
     sysv::check_tree(tree)?;
     Ok(())
 }

@@ -20,6 +20,8 @@ pub struct Stat {
     pub ppid: i32,        // (4)
     pub pgrp: i32,        // (5)
     pub session: i32,     // (6)
+    pub tty_nr: u32,      // (7) controlling terminal, encoded as new_encode_dev (0: none)
+    pub tpgid: i32,       // (8) its foreground process group (-1: none)
     pub num_threads: i64, // (20)
     pub start_code: u64,  // (26)
     pub end_code: u64,    // (27)
@@ -32,6 +34,12 @@ pub struct Stat {
     pub env_start: u64,   // (50)
     pub env_end: u64,     // (51)
     pub exit_code: i32,   // (52) wait status of a zombie
+}
+
+/// The (major, minor) of a device number as /proc/PID/stat's tty_nr
+/// encodes it.
+pub fn decode_dev(nr: u32) -> (u32, u32) {
+    ((nr >> 8) & 0xfff, (nr & 0xff) | ((nr >> 12) & 0xfff00))
 }
 
 pub fn stat(pid: i32) -> Result<Stat> {
@@ -56,6 +64,8 @@ fn parse_stat(s: &str) -> Result<Stat> {
         ppid: i(4)? as i32,
         pgrp: i(5)? as i32,
         session: i(6)? as i32,
+        tty_nr: i(7)? as u32,
+        tpgid: i(8)? as i32,
         num_threads: i(20)?,
         start_code: f(26)?,
         end_code: f(27)?,
@@ -234,6 +244,15 @@ mod tests {
         assert_eq!(st.comm, "a) b) c");
         assert_eq!(st.ppid, 1);
         assert_eq!(st.pgrp, 42);
+    }
+
+    #[test]
+    fn tty_nr_decodes_to_major_minor() {
+        assert_eq!(decode_dev(0), (0, 0));
+        assert_eq!(decode_dev((136 << 8) | 2), (136, 2));
+        // /dev/pts/300: 137:44; minor bits above 0xff sit at bit 20.
+        assert_eq!(decode_dev((137 << 8) | 44), (137, 44));
+        assert_eq!(decode_dev((4 << 8) | 0x34 | (0x100 << 12)), (4, 0x134));
     }
 
     #[test]

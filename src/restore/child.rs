@@ -4,9 +4,12 @@
 //!
 //! 1. block every signal; the root waits for rcr's go (rcr traces it
 //!    first; every process forked after it is traced from birth),
-//! 2. found its session or group, fork its children ([`crate::tree::restore`]),
+//! 2. found its session or group (a session leader takes its controlling
+//!    terminal: [`crate::files::tty::pty`]), fork its children
+//!    ([`crate::tree::restore`]),
 //! 3. barrier "forked": every process of the tree exists,
-//! 4. join a group another process leads; barrier "grouped",
+//! 4. join a group another process leads; barrier "grouped"; a session
+//!    leader sets the foreground group of its terminal,
 //! 5. a zombie dies here with its saved status; the others wait until
 //!    their zombie children are dead, then rebuild fs, fds (pipes from
 //!    the ones rcr created, [`Inherited`]), name, signal dispositions,
@@ -58,12 +61,14 @@ fn become_process(tree: &Tree, idx: usize, regions: &mut [Option<Region>], inher
         wait_for_go(sync.go_read)?;
     }
     crate::tree::restore::found(p.kin)?;
+    files::tty::pty::take_controlling(p.pid(), &tree.fd_images, &inherited.descs)?;
     for &c in &p.children {
         crate::tree::restore::fork_child(tree.procs[c].pid(), || run(tree, c, regions, inherited, sync))?;
     }
     barrier(BARRIER_FORKED);
     crate::tree::restore::join(p.kin)?;
     barrier(BARRIER_GROUPED);
+    files::tty::pty::set_foreground(p.pid(), &tree.fd_images, &inherited.descs)?;
     let Some(l) = &p.live else {
         let _ = nix::sys::prctl::set_name(&std::ffi::CString::new(p.comm.as_bytes()).unwrap_or_default());
         die(p.exit_status)

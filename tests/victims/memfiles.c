@@ -23,8 +23,8 @@
  *   reads back from fd 30.
  * big: DIR/big, 3 MiB of data, deleted and open on fd 20 (for
  *   --ghost-limit).
- * iouring, pidfd, ptmx, mq, shm, msg: holds an io_uring fd, a pidfd,
- *   /dev/ptmx, a POSIX message queue (fd 40), an attached SysV shared
+ * iouring, pidfd, mq, shm, msg: holds an io_uring fd, a pidfd,
+ *   a POSIX message queue (fd 40), an attached SysV shared
  *   memory segment, a SysV message queue it sent to; rcr must refuse to
  *   dump. After go: the object still works.
  */
@@ -319,8 +319,6 @@ static void run_refused(const char *go, const char *mode, const char *dir)
 		fd = syscall(SYS_io_uring_setup, 4, &p);
 	} else if (!strcmp(mode, "pidfd")) {
 		fd = syscall(SYS_pidfd_open, getpid(), 0);
-	} else if (!strcmp(mode, "ptmx")) {
-		fd = open("/dev/ptmx", O_RDWR | O_NOCTTY);
 	} else if (!strcmp(mode, "mq")) {
 		char name[64];
 		snprintf(name, sizeof(name), "/rcr-test-%d", getpid());

@@ -64,13 +64,14 @@ pub fn set_winsize(fd: BorrowedFd, w: &Winsize) -> Result<()> {
 const PTS_MAJORS: std::ops::RangeInclusive<u32> = 136..=143;
 
 /// Whether `md` is a terminal rcr knows: /dev/ptmx (5:2, a pty master
-/// once opened) or a /dev/pts/N slave.
+/// once opened), a /dev/pts/N slave, or /dev/tty (5:0, the controlling
+/// terminal under its alias).
 pub fn is_tty(md: &std::fs::Metadata) -> bool {
     if md.mode() & libc::S_IFMT != libc::S_IFCHR {
         return false;
     }
     let (major, minor) = (libc::major(md.rdev()), libc::minor(md.rdev()));
-    (major, minor) == (5, 2) || PTS_MAJORS.contains(&major)
+    (major, minor) == (5, 2) || (major, minor) == (5, 0) || PTS_MAJORS.contains(&major)
 }
 
 /// Dumps an fd on a terminal: the terminal of a shell job (`-j`), or a

@@ -737,3 +737,11 @@ pub fn recv(fd: RawFd, buf: &mut [u8]) -> std::io::Result<usize> {
     // SAFETY: the kernel writes at most buf.len() bytes into `buf`.
     Ok(cvt(unsafe { libc::recv(fd, buf.as_mut_ptr() as *mut libc::c_void, buf.len(), 0) } as libc::c_long)? as usize)
 }
+
+/// Sets the disposition of `sig` to SIG_IGN in rcr itself.
+pub fn ignore_signal(sig: nix::sys::signal::Signal) -> std::io::Result<()> {
+    // SAFETY: SIG_IGN installs no handler, so no code of ours runs on
+    // delivery; restore children set their saved dispositions anyway.
+    unsafe { nix::sys::signal::signal(sig, nix::sys::signal::SigHandler::SigIgn) }.map_err(std::io::Error::from)?;
+    Ok(())
+}

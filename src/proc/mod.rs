@@ -20,6 +20,8 @@ pub struct Stat {
     pub ppid: i32,        // (4)
     pub pgrp: i32,        // (5)
     pub session: i32,     // (6)
+    pub tty_nr: u32,      // (7) controlling terminal, device number in the kernel's encoding (0: none)
+    pub tpgid: i32,       // (8) foreground process group of that terminal (-1: none)
     pub num_threads: i64, // (20)
     pub start_code: u64,  // (26)
     pub end_code: u64,    // (27)
@@ -56,6 +58,8 @@ fn parse_stat(s: &str) -> Result<Stat> {
         ppid: i(4)? as i32,
         pgrp: i(5)? as i32,
         session: i(6)? as i32,
+        tty_nr: i(7)? as u32,
+        tpgid: i(8)? as i32,
         num_threads: i(20)?,
         start_code: f(26)?,
         end_code: f(27)?,

@@ -58,6 +58,9 @@ fn become_process(tree: &Tree, idx: usize, regions: &mut [Option<Region>], inher
         wait_for_go(sync.go_read)?;
     }
     crate::tree::restore::found(p.kin)?;
+    if idx == 0 {
+        files::tty::shell::enter(&tree.fd_images, p.kin)?;
+    }
     for &c in &p.children {
         crate::tree::restore::fork_child(tree.procs[c].pid(), || run(tree, c, regions, inherited, sync))?;
     }

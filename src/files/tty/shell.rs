@@ -212,15 +212,17 @@ impl Foreground {
 
     /// Once the job runs: SIGWINCH to its processes in the foreground
     /// group if the window size differs from the saved one (a curses
-    /// program redraws).
+    /// program redraws), as the kernel sends it on a resize.
     pub fn after_restore(&self, tree: &[PstreeEntry]) {
         let Ok(now) = winsize(self.tty.as_fd()) else { return };
         if self.saved.winsize.as_ref().is_none_or(|w| *w == now) {
             return;
         }
-        let pgid = self.job_pgrp.unwrap_or(self.own_pgrp).as_raw() as u32;
-        for e in tree.iter().filter(|e| e.pgid == pgid || self.job_pgrp.is_none() && e.pid == tree[0].pid) {
-            let _ = kill(Pid::from_raw(e.pid as i32), Signal::SIGWINCH);
+        // The processes in the root's group: the foreground group now.
+        for e in tree.iter().filter(|e| e.pgid == tree[0].pgid) {
+            let pid = e.pid as i32;
+            settle(pid);
+            let _ = kill(Pid::from_raw(pid), Signal::SIGWINCH);
         }
         log::info(&format!("shell job: window size now {}x{}: SIGWINCH sent", now.col, now.row));
     }
@@ -252,5 +254,18 @@ impl Foreground {
     /// Whether rcr must watch for the job stopping (it has its own group).
     pub fn own_group(&self) -> bool {
         self.job_pgrp.is_some()
+    }
+}
+
+/// Waits (at most a second) until `pid`, just detached, is no longer
+/// runnable: back in the call it was dumped in (a terminal read, say), so
+/// that a signal interrupts that call instead of arriving just before it
+/// (a curses program would notice the resize only at its next key).
+fn settle(pid: i32) {
+    for _ in 0..100 {
+        match proc::stat(pid) {
+            Ok(st) if st.state == 'R' || st.state == 't' => std::thread::sleep(std::time::Duration::from_millis(10)),
+            _ => return,
+        }
     }
 }

@@ -295,3 +295,35 @@ fn refusals_name_the_terminal_and_leave_nothing_behind() {
     tm.keys("a", &["print(6 * 7 + 1)", "Enter"]);
     tm.wait_screen("a", "python answering after the restore", |s| s.lines().any(|l| l.trim_end() == "43"));
 }
+
+/// A program whose process group is its shell's job's (`sh -c`, outside
+/// the tree): restored into rcr's group, which stays in the foreground.
+#[test]
+fn job_in_a_group_outside_the_tree_joins_rcrs() {
+    let Some((mut t, mut tm)) = setup("group") else { return };
+    let home = t.dir.clone();
+    let shell = tm.session("a", 120, 40, &home);
+    let tty = tm.tty("a");
+    tm.keys("a", &[&format!("sh -c '{PYTHON} -q; echo sh-done'"), "Enter"]);
+    let sh = tm.child_of(shell, "sh");
+    let py = tm.child_of(sh, "python3");
+    tm.wait_screen("a", "python's prompt", |s| last_line(s) == ">>>");
+    assert_eq!(stat_fields(py)[2], sh.to_string(), "python is not in sh's group");
+    tm.keys("a", &["z = 9", "Enter"]);
+    tm.wait_screen("a", "the prompt after z = 9", |s| s.matches(">>>").count() == 2);
+
+    dump_job(&mut t, py);
+    wait_pid_gone(py, "the dumped python");
+    tm.wait_screen("a", "the shell's prompt after the dump", |s| s.contains("sh-done") && last_line(s) == "$");
+
+    restore_in(&tm, &t, "a");
+    check_on_terminal(py, shell, &tty);
+    let rcr_pid: i32 = stat_fields(py)[1].parse().expect("ppid");
+    assert_eq!(stat_fields(py)[2], stat_fields(rcr_pid)[2], "python is not in rcr's group");
+    tm.keys("a", &["print(z * 2)", "Enter"]);
+    tm.wait_screen("a", "18", |s| s.lines().any(|l| l.trim_end() == "18"));
+    tm.keys("a", &["exit(4)", "Enter"]);
+    tm.wait_screen("a", "the shell's prompt after python exits", |s| last_line(s) == "$" && !pid_exists(py));
+    tm.keys("a", &["echo status=$?", "Enter"]);
+    tm.wait_screen("a", "rcr's exit status", |s| s.lines().any(|l| l.trim_end() == "status=4"));
+}

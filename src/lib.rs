@@ -43,6 +43,8 @@
 //!   embedded here ([`blobs`]); the ABI they share with the host (argument
 //!   structs, the parasite protocol, raw syscalls, the linker script)
 //!   lives in the `rcr-abi` crate (`abi/`).
+//! * Shell jobs (`-j`, [`files::tty::shell`]): a tree on a terminal outside
+//!   it is restored onto rcr's terminal, as its foreground job.
 //! * [`fault`] numbers the places where the tests kill rcr mid-dump.
 //!
 //! ## Restore in one paragraph

@@ -322,6 +322,10 @@ fn fmt_desc(o: &mut String, e: &pb::FileDesc) -> fmt::Result {
         Some(K::RegFileId(id)) => format!("file {id}"),
         Some(K::Pipe(p)) => format!("pipe {} ({} end)", p.pipe_id, if p.write { "write" } else { "read" }),
         Some(K::Fifo(f)) => format!("fifo {} {}  size {}  {} bytes buffered", f.fifo_id, f.path, f.pipe_size, f.data.len()),
+        Some(K::Terminal(t)) => {
+            let size = t.winsize.as_ref().map(|w| format!("{}x{}", w.col, w.row)).unwrap_or_default();
+            format!("shell-job terminal (was /dev/pts/{}, session {}, foreground group {}, size {size})", t.index, t.sid, t.foreground_pgid)
+        }
         Some(k) => format!("{k:?}"),
         None => "?".to_string(),
     };

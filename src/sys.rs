@@ -928,3 +928,10 @@ pub fn send_flags(fd: RawFd, data: &[u8], flags: i32) -> std::io::Result<usize> 
     // SAFETY: `data` is a live buffer of data.len() bytes.
     Ok(cvt(unsafe { libc::send(fd, data.as_ptr() as *const libc::c_void, data.len(), flags) } as libc::c_long)? as usize)
 }
+/// Sets the disposition of `sig` to SIG_IGN in rcr itself.
+pub fn ignore_signal(sig: nix::sys::signal::Signal) -> std::io::Result<()> {
+    // SAFETY: SIG_IGN installs no handler, so no code of ours runs on
+    // delivery; restore children set their saved dispositions anyway.
+    unsafe { nix::sys::signal::signal(sig, nix::sys::signal::SigHandler::SigIgn) }.map_err(std::io::Error::from)?;
+    Ok(())
+}

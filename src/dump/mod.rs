@@ -115,6 +115,7 @@ fn dump_tree(frozen: &Frozen, dir: &ImageDir, o: &Options) -> Result<Option<NetL
     shared.unix.ext = o.ext_unix_sk;
     shared.memfd.limit = Some(o.ghost_limit);
     shared.shell_job = o.shell_job;
+    shared.job = files::tty::shell::find_job(&pstree)?;
     shared.tcp_established = o.tcp_established;
     let mut xsave_size = 0;
     for p in &frozen.procs {

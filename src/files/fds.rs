@@ -137,6 +137,9 @@ pub struct DumpCx {
     pub pty: tty::pty::Table,
     /// `rcr dump -j`: fds on the job's terminal (outside the tree) are allowed.
     pub shell_job: bool,
+    /// The controlling terminal of the tree's session, if that session is
+    /// outside the tree (set with or without -j, to refuse helpfully).
+    pub job: Option<tty::shell::Job>,
     /// `rcr dump --tcp-established`: established TCP connections are carried.
     pub tcp_established: bool,
 }
@@ -310,6 +313,7 @@ impl Images {
 /// Checks that the files the descriptions need are still as saved.
 pub fn validate(images: &Images, files: &FileTable) -> Result<()> {
     inet::validate(images)?;
+    tty::shell::check(images)?;
     reg::check_all(files, &images.descs)
 }
 

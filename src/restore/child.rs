@@ -62,6 +62,9 @@ fn become_process(tree: &Tree, idx: usize, regions: &mut [Option<Region>], inher
     }
     crate::tree::restore::found(p.kin)?;
     files::tty::pty::take_controlling(p.pid(), &tree.fd_images, &inherited.descs)?;
+    if idx == 0 {
+        files::tty::shell::enter(&tree.fd_images, p.kin)?;
+    }
     for &c in &p.children {
         crate::tree::restore::fork_child(tree.procs[c].pid(), || run(tree, c, regions, inherited, sync))?;
     }

@@ -20,6 +20,10 @@
 //!    outside and detaches everything at once,
 //! 7. [`finish`]: write the pidfile; wait for the root unless `-d`.
 //!
+//! With `-j` ([`Foreground`]), rcr first makes sure it runs in the
+//! foreground of a terminal; it hands the terminal back if the restore
+//! fails, and when the job ends or stops.
+//!
 //! If anything fails after the fork, every process is killed (each is
 //! traced with PTRACE_O_EXITKILL, so even rcr's death kills them): a failed
 //! restore leaves no half-built process behind.
@@ -29,6 +33,7 @@ pub mod child;
 pub mod supervise;
 
 use crate::arch::cur as arch;
+use crate::files::tty::shell::Foreground;
 use crate::files::FileTable;
 use crate::images::{pb, ImageDir, Kind, FORMAT_VERSION};
 use crate::infect::Tracee;
@@ -157,23 +162,38 @@ pub fn run(o: &Options) -> Result<i32> {
     tree.fd_images.shell_job = o.shell_job;
     tree.fd_images.tcp_established = o.tcp_established;
     let lock = tree.net_lock.clone();
-    let r = restore_tree(&tree);
-    if !lock.is_empty() {
+    let r = validate(&tree).and_then(|()| restore_job(&tree));
+    let job = if lock.is_empty() {
+        r?
+    } else {
         let drop = crate::files::inet::drop_command(&lock);
-        r.map_err(|e| anyhow::anyhow!("{e:#}\nthe network lock (nftables table {lock}) stays in place, so the peers of the saved TCP connections wait for another try; to drop it: {drop}"))?;
+        let job = r.map_err(|e| anyhow::anyhow!("{e:#}\nthe network lock (nftables table {lock}) stays in place, so the peers of the saved TCP connections wait for another try; to drop it: {drop}"))?;
         if let Err(e) = crate::files::inet::delete_table(&lock) {
             crate::log::warn(&format!("the restored tree runs, but the network lock stays: {e:#}"));
         }
-    } else {
-        r?;
-    }
-    finish(o, tree.procs[0].pid())
+        job
+    };
+    finish(o, tree.procs[0].pid(), job.as_ref())
 }
 
-/// Steps 2 to 6: validate, create, fork, supervise; established TCP
-/// connections leave repair mode just before the tree is let go.
+/// Steps 3 to 6 for a shell job (`-j`): the job's terminal is rcr's,
+/// taken back if the restore fails; [`restore_tree`] for anything else.
+fn restore_job(tree: &Tree) -> Result<Option<Foreground>> {
+    let job = Foreground::attach(&tree.fd_images, &tree.procs[0].entry, tree.procs[0].kin)?;
+    let restored = restore_tree(tree);
+    if let Some(j) = &job {
+        match &restored {
+            Ok(()) => j.after_restore(&tree.procs.iter().map(|p| p.entry.clone()).collect::<Vec<_>>()),
+            Err(_) => j.take_back(true),
+        }
+    }
+    restored.map(|()| job)
+}
+
+/// Steps 3 to 6: from the bootstrap regions to the detached tree;
+/// established TCP connections leave repair mode just before the tree is
+/// let go.
 fn restore_tree(tree: &Tree) -> Result<()> {
-    validate(tree)?;
     let mut regions = build_regions(tree)?;
     let spans: Vec<_> = regions.iter().map(|r| r.as_ref().map(|r| (r.start, r.len, r.syscall_insn()))).collect();
     let inherited = Inherited::create(tree);
@@ -404,20 +424,30 @@ pub fn describe_blob_failure(l: &Loaded, step: u64, index: u64, rax: i64) -> Str
     format!("restorer blob failed {what}{item}: {err}")
 }
 
-fn finish(o: &Options, pid: i32) -> Result<i32> {
+fn finish(o: &Options, pid: i32, job: Option<&Foreground>) -> Result<i32> {
+    use nix::sys::wait::{waitpid, WaitPidFlag, WaitStatus};
     if let Some(p) = &o.pidfile {
         std::fs::write(p, format!("{pid}\n")).with_context(|| format!("writing pidfile {}", p.display()))?;
     }
     if o.detached {
         return Ok(0);
     }
+    // A shell job in its own group: rcr stops and continues with it (Ctrl-Z, fg).
+    let flags = job.filter(|j| j.own_group()).map(|_| WaitPidFlag::WUNTRACED);
     loop {
-        match nix::sys::wait::waitpid(nix::unistd::Pid::from_raw(pid), None) {
-            Ok(nix::sys::wait::WaitStatus::Exited(_, code)) => return Ok(code),
-            Ok(nix::sys::wait::WaitStatus::Signaled(_, sig, _)) => return Ok(128 + sig as i32),
-            Ok(_) => continue,
-            Err(nix::errno::Errno::EINTR) => continue,
+        let (code, signaled) = match waitpid(nix::unistd::Pid::from_raw(pid), flags) {
+            Ok(WaitStatus::Exited(_, code)) => (code, false),
+            Ok(WaitStatus::Signaled(_, sig, _)) => (128 + sig as i32, true),
+            Ok(WaitStatus::Stopped(..)) => {
+                job.map(Foreground::job_stopped).transpose()?;
+                continue;
+            }
+            Ok(_) | Err(nix::errno::Errno::EINTR) => continue,
             Err(e) => return Err(e).with_context(|| format!("waiting for pid {pid}")),
+        };
+        if let Some(j) = job {
+            j.take_back(signaled);
         }
+        return Ok(code);
     }
 }

@@ -63,6 +63,16 @@ pub fn set_winsize(fd: BorrowedFd, w: &Winsize) -> Result<()> {
 /// Major numbers of the Unix98 pty slaves (/dev/pts/N).
 const PTS_MAJORS: std::ops::RangeInclusive<u32> = 136..=143;
 
+/// (major, minor) of /dev/pts/`index`.
+fn pts_dev(index: u32) -> (u32, u32) {
+    (PTS_MAJORS.start() + index / 256, index % 256)
+}
+
+/// N of the slave /dev/pts/N with device number (major, minor).
+fn pts_index((major, minor): (u32, u32)) -> u32 {
+    (major - PTS_MAJORS.start()) * 256 + minor
+}
+
 /// Whether `md` is a terminal rcr knows: /dev/ptmx (5:2, a pty master
 /// once opened), a /dev/pts/N slave, or /dev/tty (5:0, the controlling
 /// terminal under its alias).

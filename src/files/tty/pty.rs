@@ -29,14 +29,6 @@ use std::collections::{BTreeMap, HashMap};
 use std::os::fd::{AsFd, AsRawFd, OwnedFd, RawFd};
 use std::os::unix::fs::MetadataExt;
 
-/// Major number of the first 256 Unix98 pty slaves.
-const PTS_MAJOR: u32 = 136;
-
-/// The device number (major, minor) of /dev/pts/`index`.
-fn slave_dev(index: u32) -> (u32, u32) {
-    (PTS_MAJOR + index / 256, index % 256)
-}
-
 /// What the dump saw of the ptys of the tree, checked by [`finish`].
 #[derive(Debug, Default)]
 pub struct Table {
@@ -51,7 +43,7 @@ pub fn dump(f: &Fd, cx: &mut DumpCx) -> Result<Kind> {
     match (major, minor) {
         (5, 2) => dump_master(f, cx),
         (5, 0) => Err(f.refuse("it is /dev/tty, the controlling terminal under its alias; rcr does not reopen /dev/tty (open the terminal by its own path)")),
-        _ => dump_slave(f, cx, (major - PTS_MAJOR) * 256 + minor),
+        _ => dump_slave(f, cx, super::pts_index((major, minor))),
     }
 }
 
@@ -137,7 +129,7 @@ fn check_session(who: &str, p: &Pty, stats: &[(i32, proc::Stat)]) -> Result<()> 
         bail!("{tty} (master {who}) is the controlling terminal of session {sid}, whose leader is not alive in the dumped tree; rcr cannot give it back");
     }
     for (pid, st) in stats.iter().filter(|(_, st)| st.session == sid) {
-        if proc::decode_dev(st.tty_nr) != slave_dev(p.index) {
+        if proc::decode_dev(st.tty_nr) != super::pts_dev(p.index) {
             bail!("pid {pid} is in session {sid}, whose controlling terminal is {tty}, but has not that terminal (tty_nr {}); rcr restores one controlling terminal per session", st.tty_nr);
         }
     }

@@ -314,19 +314,6 @@ fn established_v4_leave_running() {
     established("inet_est_v4_r", false, true);
 }
 
-/// Dumps that must fail with an error containing every one of `want`,
-/// leaving the victim running untraced and no lock behind.
-fn assert_refused(t: &mut TestEnv, args: &[&str], want: &[&str]) {
-    let out = t.dump(args);
-    assert!(!out.status.success(), "rcr dump {args:?} should have been refused");
-    for w in want {
-        assert!(out.stderr.contains(w), "rcr dump {args:?}: the error should name {w:?}:\n{}", out.stderr);
-    }
-    assert!(!t.images.join("inventory.img").exists(), "a refused dump left inventory.img behind");
-    std::thread::sleep(Duration::from_millis(100));
-    assert_runs_free(t.pid, "after the refused dump");
-}
-
 #[test]
 fn established_refused_without_flag() {
     let Some(mut t) = TestEnv::new("inet_est_refused") else { return };
@@ -335,7 +322,7 @@ fn established_refused_without_flag() {
     let port = log_port(&t);
     let before = net_view(t.pid);
     let what = format!("pid {} fd", t.pid);
-    assert_refused(&mut t, &[], &[&what, &format!("127.0.0.1:{port}"), " -> ", "--tcp-established"]);
+    t.assert_dump_refused(&[], &[&what, &format!("127.0.0.1:{port}"), " -> ", "--tcp-established"]);
     assert_eq!(net_view(t.pid), before, "/proc/net lines after the refused dump");
     t.go_expect_original_pass();
 }
@@ -349,6 +336,6 @@ fn listener_with_accept_queue_refused() {
     let _waiting = TcpStream::connect(("127.0.0.1", port)).expect("connect");
     std::thread::sleep(Duration::from_millis(100));
     let what = format!("pid {} fd 3", t.pid);
-    assert_refused(&mut t, &["--tcp-established"], &[&what, &format!("listening on 127.0.0.1:{port}"), "1 connections wait in its accept queue"]);
+    t.assert_dump_refused(&["--tcp-established"], &[&what, &format!("listening on 127.0.0.1:{port}"), "1 connections wait in its accept queue"]);
     t.go_expect_original_pass();
 }

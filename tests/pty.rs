@@ -163,14 +163,7 @@ fn pty_leave_running() {
 /// running untraced; after go it passes.
 fn assert_refused(t: &mut TestEnv, want: &[&str]) {
     let before = snapshot(t.pid);
-    let out = t.dump(&[]);
-    assert!(!out.status.success(), "rcr dump should have been refused");
-    for w in want {
-        assert!(out.stderr.contains(w), "the error should name {w:?}:\n{}", out.stderr);
-    }
-    assert!(!t.images.join("inventory.img").exists(), "a refused dump left inventory.img behind");
-    std::thread::sleep(Duration::from_millis(100));
-    assert_runs_free(t.pid, "after the refused dump");
+    t.assert_dump_refused(&[], want);
     assert_same_snapshot(&before, &snapshot(t.pid), "after the refused dump");
     t.go("");
     let st = t.wait_victim_exit();

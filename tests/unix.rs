@@ -105,19 +105,6 @@ fn unix_leave_running() {
     t.go_expect_original_pass();
 }
 
-/// Dumps that must fail with an error containing every one of `want`,
-/// leaving the victim running untraced.
-fn assert_refused(t: &mut TestEnv, args: &[&str], want: &[&str]) {
-    let out = t.dump(args);
-    assert!(!out.status.success(), "rcr dump {args:?} should have been refused");
-    for w in want {
-        assert!(out.stderr.contains(w), "rcr dump {args:?}: the error should name {w:?}:\n{}", out.stderr);
-    }
-    assert!(!t.images.join("inventory.img").exists(), "a refused dump left inventory.img behind");
-    std::thread::sleep(Duration::from_millis(100));
-    assert_runs_free(t.pid, "after the refused dump");
-}
-
 #[test]
 fn unix_external_stream_refused() {
     let Some(mut t) = TestEnv::new("unix_ext_stream") else { return };
@@ -128,8 +115,8 @@ fn unix_external_stream_refused() {
     t.wait_ready();
     let me = format!("pid {} fd", std::process::id());
     let victim = format!("pid {} fd 3", t.pid);
-    assert_refused(&mut t, &[], &[&victim, "outside the dumped tree", &me]);
-    assert_refused(&mut t, &["--ext-unix-sk"], &[&victim, "not even with --ext-unix-sk", &me]);
+    t.assert_dump_refused(&[], &[&victim, "outside the dumped tree", &me]);
+    t.assert_dump_refused(&["--ext-unix-sk"], &[&victim, "not even with --ext-unix-sk", &me]);
     t.go("");
     let mut b = [0u8; 8];
     std::io::Read::read_exact(&mut peer, &mut b).expect("reading after-go");
@@ -149,7 +136,7 @@ fn unix_external_dgram() {
     t.spawn_victim("unix_ext", &["dgram", &path.to_string_lossy()], false);
     t.wait_ready();
     let victim = format!("pid {} fd 3", t.pid);
-    assert_refused(&mut t, &[], &[&victim, "outside the dumped tree", "--ext-unix-sk", &path.to_string_lossy()]);
+    t.assert_dump_refused(&[], &[&victim, "outside the dumped tree", "--ext-unix-sk", &path.to_string_lossy()]);
     let before = view(&[t.pid]);
     t.dump_ok(&["--ext-unix-sk"]);
     t.reap_victim();
@@ -187,7 +174,7 @@ fn other_families_refused() {
         let fd = t.log_text().lines().find_map(|l| l.strip_prefix("SOCKET fd=").map(str::to_string)).expect("SOCKET line");
         let what = format!("pid {} fd {fd} (socket:[", t.pid);
         let before = snapshot(t.pid);
-        assert_refused(&mut t, &[], &[&what, want[0], want[1]]);
+        t.assert_dump_refused(&[], &[&what, want[0], want[1]]);
         assert_same_snapshot(&before, &snapshot(t.pid), "after the refused dump");
         t.go("");
         let st = t.wait_victim_exit();

@@ -700,6 +700,20 @@ impl TestEnv {
         self.rcr("dump", &args)
     }
 
+    /// `rcr dump` with `args`, which must fail with an error containing
+    /// every one of `want`, leaving no image set and the victim running
+    /// untraced.
+    pub fn assert_dump_refused(&mut self, args: &[&str], want: &[&str]) {
+        let out = self.dump(args);
+        assert!(!out.status.success(), "rcr dump {args:?} should have been refused");
+        for w in want {
+            assert!(out.stderr.contains(w), "rcr dump {args:?}: the error should name {w:?}:\n{}", out.stderr);
+        }
+        assert!(!self.images.join("inventory.img").exists(), "a refused dump left inventory.img behind");
+        std::thread::sleep(Duration::from_millis(100));
+        assert_runs_free(self.pid, "after the refused dump");
+    }
+
     /// Reaps the victim after a dump that killed it, then waits until its
     /// PID is free.
     pub fn reap_victim(&mut self) -> ExitStatus {

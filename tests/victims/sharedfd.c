@@ -11,7 +11,8 @@
  *   fd 55: shared.dat O_DIRECT if the filesystem allows it (else a note);
  *   fd 56: DIR/append.log O_WRONLY|O_APPEND, shared with the child;
  *   fds 57-59: /dev/null (write), /dev/urandom, /dev/zero (read).
- *   A pipe (parent -> child) orders the checks after go.
+ *   A pipe (parent -> child) orders the checks after go; another (child ->
+ *   parent, closed before READY) holds READY until the child is set up.
  * After go: the parent checks its offsets (50 and 51 at 1000), reads 10
  * bytes through fd 51 (offset 1010 for all three fds) and tells the child;
  * the child checks that its fd 50 moved to 1010 with the parent's read,
@@ -85,7 +86,7 @@ static void common_checks(const char *who, int direct)
 		fail("%s: /dev/null, /dev/urandom or /dev/zero misbehave", who);
 }
 
-static int child_main(int rd, int direct)
+static int child_main(int rd, int done, int direct)
 {
 	char c;
 	at(open("shared.dat", O_RDONLY), 52);
@@ -93,7 +94,9 @@ static int child_main(int rd, int direct)
 		fail("child: lseek");
 	if (write(1, "", 0) < 0)
 		fail("child: stdout");
-	if (read(rd, &c, 1) != 1) /* set-up done: parent goes on */
+	if (write(done, "d", 1) != 1 || close(done)) /* set-up done: the parent may say READY */
+		fail("child: set-up pipe");
+	if (read(rd, &c, 1) != 1) /* the parent read through the shared description */
 		fail("child: read pipe");
 	if (read(rd, &c, 1) != 1) /* after go: parent moved the shared offset */
 		fail("child: read pipe after go");
@@ -132,17 +135,22 @@ int main(int argc, char **argv)
 	at(open("/dev/null", O_WRONLY), 57);
 	at(open("/dev/urandom", O_RDONLY), 58);
 	at(open("/dev/zero", O_RDONLY), 59);
-	int p[2];
-	if (pipe(p))
+	int p[2], q[2];
+	if (pipe(p) || pipe(q))
 		fail("pipe");
 	pid_t child = fork();
 	if (child < 0)
 		fail("fork");
 	if (child == 0) {
 		close(p[1]);
-		exit(child_main(p[0], direct));
+		close(q[0]);
+		exit(child_main(p[0], q[1], direct));
 	}
 	close(p[0]);
+	close(q[1]);
+	char c;
+	if (read(q[0], &c, 1) != 1 || close(q[0]))
+		fail("waiting for the child's set-up");
 	unsigned char buf[1000];
 	if (read(50, buf, 1000) != 1000 || memcmp(buf, data, 1000))
 		fail("first read");

@@ -98,6 +98,9 @@ pub fn vmas(pid: i32, maps: &[MapEntry], cx: &mut DumpCx) -> Result<Vec<Vma>> {
         if m.has_flag("gd") {
             flags |= MAP_GROWSDOWN;
         }
+        if m.has_flag("nr") {
+            flags |= MAP_NORESERVE;
+        }
         let (mut file_id, mut mem_file_id) = (0, 0);
         if matches!(kind, VmaKind::VmaFilePrivate | VmaKind::VmaFileShared) && m.name.ends_with(" (deleted)") {
             mem_file_id = mem_file(pid, m, cx)?;
@@ -179,6 +182,60 @@ pub fn auxv(pid: i32) -> Result<Vec<u64>> {
     let p = proc::path(pid, "auxv");
     let b = std::fs::read(&p).with_context(|| format!("reading {}", p.display()))?;
     Ok(b.chunks_exact(8).map(|c| u64::from_le_bytes(c.try_into().unwrap_or([0; 8]))).collect())
+}
+
+/// Appends the runs of `vma` that must be saved to `runs`: from the
+/// PAGEMAP_SCAN ioctl (which walks the page tables, so an untouched range
+/// costs nothing), or, on kernels without it (`*scan` turns false), from
+/// reading the VMA's pagemap entries.
+fn saved_runs(pagemap: &std::fs::File, vma: &Vma, zero_pfn: Option<u64>, scan: &mut bool, runs: &mut Vec<(u64, u64)>) -> Result<()> {
+    let kind = VmaKind::try_from(vma.kind).unwrap_or(VmaKind::Unspecified);
+    if !matches!(kind, VmaKind::VmaAnonPrivate | VmaKind::VmaFilePrivate) {
+        return Ok(());
+    }
+    if *scan {
+        match scan_runs(pagemap, vma, kind, runs) {
+            Ok(()) => return Ok(()),
+            Err(e) if matches!(e.raw_os_error(), Some(libc::ENOTTY | libc::EINVAL)) => *scan = false,
+            Err(e) => return Err(e).with_context(|| format!("PAGEMAP_SCAN of {:#x}-{:#x}", vma.start, vma.end)),
+        }
+    }
+    let want = pages_to_save(pagemap, vma, zero_pfn)?;
+    runs_of(vma.start, &want, runs);
+    Ok(())
+}
+
+/// Regions asked from the kernel per PAGEMAP_SCAN call.
+const SCAN_REGIONS: usize = 4096;
+
+/// The PAGEMAP_SCAN path of [`saved_runs`]: regions of present or swapped
+/// pages, kept by the same rules as the pagemap bits (table above). When
+/// many regions come back, the kernel's walk_end may stop short of a range
+/// it did scan, so a resumed walk can repeat regions: they are clipped.
+fn scan_runs(pagemap: &std::fs::File, vma: &Vma, kind: VmaKind, runs: &mut Vec<(u64, u64)>) -> std::io::Result<()> {
+    use crate::sys::{PageRegion, PAGE_IS_FILE, PAGE_IS_PFNZERO, PAGE_IS_PRESENT, PAGE_IS_SWAPPED};
+    let keep = |c: u64| match kind {
+        VmaKind::VmaAnonPrivate => c & PAGE_IS_SWAPPED != 0 || (c & PAGE_IS_PRESENT != 0 && c & PAGE_IS_PFNZERO == 0),
+        _ => c & PAGE_IS_SWAPPED != 0 || (c & PAGE_IS_PRESENT != 0 && c & PAGE_IS_FILE == 0),
+    };
+    let mut buf = vec![PageRegion::default(); SCAN_REGIONS];
+    let (any, ret) = (PAGE_IS_PRESENT | PAGE_IS_SWAPPED, PAGE_IS_PRESENT | PAGE_IS_SWAPPED | PAGE_IS_FILE | PAGE_IS_PFNZERO);
+    let mut done = vma.start;
+    loop {
+        let (n, walk_end) = crate::sys::pagemap_scan(pagemap.as_raw_fd(), done, vma.end, any, ret, &mut buf)?;
+        for r in buf[..n].iter().filter(|r| keep(r.categories)) {
+            let start = r.start.max(runs.last().map_or(0, |l| l.0 + l.1));
+            match runs.last_mut() {
+                _ if start >= r.end => {}
+                Some(l) if l.0 + l.1 == start => l.1 += r.end - start,
+                _ => runs.push((start, r.end - start)),
+            }
+        }
+        if n < buf.len() || walk_end >= vma.end || walk_end <= done {
+            return Ok(());
+        }
+        done = walk_end;
+    }
 }
 
 /// Which pages of `vma` must be saved, as a bitmap over its pages.
@@ -271,14 +328,14 @@ pub fn dump_pages(pid: i32, vmas: &[Vma], source: &mut dyn PageSource, sink: &mu
     let mut buf = vec![0u8; CHUNK as usize];
     let mut saved = 0;
     let mut runs = Vec::new();
+    let mut scan = true;
     for vma in vmas {
         if vma.kind == VmaKind::VmaAnonShared as i32 {
             flush_runs(&mut runs, source, sink, &mut saved)?;
             saved += dump_shmem(pid, vma, &mut buf, sink)?;
             continue;
         }
-        let want = pages_to_save(&pagemap, vma, zero_pfn)?;
-        runs_of(vma.start, &want, &mut runs);
+        saved_runs(&pagemap, vma, zero_pfn, &mut scan, &mut runs)?;
     }
     flush_runs(&mut runs, source, sink, &mut saved)?;
     Ok(saved)

@@ -19,6 +19,9 @@ pub trait PageSink {
     /// (the parasite, or splice) must store them. `None` if the sink takes
     /// pages through [`PageSink::put`] only (a stream).
     fn reserve(&mut self, vaddr: u64, len: u64) -> Option<(RawFd, u64)>;
+    /// Where the next [`PageSink::reserve`] will put its pages (`None` for
+    /// a stream).
+    fn tail(&self) -> Option<(RawFd, u64)>;
     /// Finishes the transfer and returns the pagemap describing it.
     fn finish(self: Box<Self>) -> Result<Vec<PagemapEntry>>;
 }
@@ -64,6 +67,10 @@ impl PageSink for PageFile {
     fn reserve(&mut self, vaddr: u64, len: u64) -> Option<(RawFd, u64)> {
         let at = self.record(vaddr, len);
         Some((self.file.as_raw_fd(), at))
+    }
+
+    fn tail(&self) -> Option<(RawFd, u64)> {
+        Some((self.file.as_raw_fd(), self.pos))
     }
 
     fn finish(self: Box<Self>) -> Result<Vec<PagemapEntry>> {

@@ -1,11 +1,12 @@
 //! Dump side of memory.
 //!
-//! Which pages are saved, per kind of VMA (pagemap bits: 63 present,
-//! 62 swapped, 61 file page or shared anonymous):
+//! Which pages are saved, per kind of VMA (PAGEMAP_SCAN categories, or on
+//! older kernels pagemap bits: 63 present, 62 swapped, 61 file page or
+//! shared anonymous):
 //!
 //! | VMA               | saved pages                                        |
 //! |-------------------|----------------------------------------------------|
-//! | private anonymous | present or swapped, except the shared zero page    |
+//! | private anonymous | present or swapped, except the shared zero page and (if readable) pages of zeros |
 //! | shared anonymous  | all data pages of the shmem object (SEEK_DATA), except all-zero ones |
 //! | private file      | written ones: present and not a file page, or swapped |
 //! | shared file       | none: the file holds the content                   |

@@ -439,7 +439,7 @@ fn prot_str(prot: u32, flags: u32) -> String {
 }
 
 fn map_flags(flags: u32) -> String {
-    const NAMES: [(u32, &str); 4] = [(0x1, "SHARED"), (0x2, "PRIVATE"), (0x20, "ANON"), (0x100, "GROWSDOWN")];
+    const NAMES: [(u32, &str); 5] = [(0x1, "SHARED"), (0x2, "PRIVATE"), (0x20, "ANON"), (0x100, "GROWSDOWN"), (0x4000, "NORESERVE")];
     let mut parts: Vec<String> = NAMES.iter().filter(|(b, _)| flags & b != 0).map(|(_, n)| n.to_string()).collect();
     let rest = flags & !NAMES.iter().fold(0, |a, (b, _)| a | b);
     if rest != 0 {

@@ -935,3 +935,60 @@ pub fn ignore_signal(sig: nix::sys::signal::Signal) -> std::io::Result<()> {
     unsafe { nix::sys::signal::signal(sig, nix::sys::signal::SigHandler::SigIgn) }.map_err(std::io::Error::from)?;
     Ok(())
 }
+
+/// One region returned by the PAGEMAP_SCAN ioctl (`struct page_region`).
+#[repr(C)]
+#[derive(Debug, Clone, Copy, Default)]
+pub struct PageRegion {
+    pub start: u64,
+    pub end: u64,
+    pub categories: u64,
+}
+
+/// PAGEMAP_SCAN categories (linux/fs.h).
+pub const PAGE_IS_FILE: u64 = 1 << 2;
+pub const PAGE_IS_PRESENT: u64 = 1 << 3;
+pub const PAGE_IS_SWAPPED: u64 = 1 << 4;
+pub const PAGE_IS_PFNZERO: u64 = 1 << 5;
+
+#[repr(C)]
+#[derive(Debug, Default)]
+struct PmScanArg {
+    size: u64,
+    flags: u64,
+    start: u64,
+    end: u64,
+    walk_end: u64,
+    vec: u64,
+    vec_len: u64,
+    max_pages: u64,
+    category_inverted: u64,
+    category_mask: u64,
+    category_anyof_mask: u64,
+    return_mask: u64,
+}
+
+/// _IOWR('f', 16, struct pm_scan_arg)
+const PAGEMAP_SCAN: u64 = (3 << 30) | ((std::mem::size_of::<PmScanArg>() as u64) << 16) | ((b'f' as u64) << 8) | 16;
+
+/// One PAGEMAP_SCAN on an open /proc/PID/pagemap: the regions of
+/// [start, end) whose pages have any of the `anyof` categories, each with
+/// its categories masked by `ret`, into `out`. Returns how many regions
+/// came back and where the walk ended.
+pub fn pagemap_scan(pagemap: RawFd, start: u64, end: u64, anyof: u64, ret: u64, out: &mut [PageRegion]) -> std::io::Result<(usize, u64)> {
+    let mut arg = PmScanArg {
+        size: std::mem::size_of::<PmScanArg>() as u64,
+        start,
+        end,
+        vec: out.as_mut_ptr() as u64,
+        vec_len: out.len() as u64,
+        category_anyof_mask: anyof,
+        return_mask: ret,
+        ..Default::default()
+    };
+    // SAFETY: `arg` is a valid pm_scan_arg whose vec points at `out`, which
+    // has room for vec_len page_region entries (same layout, repr(C)); the
+    // kernel writes at most that many and updates walk_end in `arg`.
+    let n = cvt(unsafe { libc::ioctl(pagemap, PAGEMAP_SCAN as _, &mut arg as *mut PmScanArg) } as libc::c_long)?;
+    Ok((n as usize, arg.walk_end))
+}

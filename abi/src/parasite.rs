@@ -71,7 +71,12 @@ pub enum Cmd {
     SendFds = 5,
     /// Write `arg[1]` runs ([`DrainRun`] in the data area) of the task's
     /// memory into fd `arg[0]` at their file offsets (pwrite). On failure
-    /// `value[0]` is the index of the failing run.
+    /// `value[0]` is the index of the failing run. With
+    /// [`DRAIN_SKIP_ZERO`] in `arg[2]`, pages that are all zero are left
+    /// out: the others go back to back from the first run's `file_off`,
+    /// and bit k (in u64 words, after the runs, at u64 index 3 * `arg[1]`)
+    /// is set when the batch's k-th page was zero. `value[2]` = bytes
+    /// written.
     DrainWrite = 6,
     /// vmsplice `arg[1]` runs into the pipe `arg[0]`, in order; the dumper
     /// drains the pipe meanwhile. On failure `value[0]` is the run index.
@@ -171,6 +176,9 @@ pub struct TaskMisc {
     pub tid: i32,
     pub _pad: u32,
 }
+
+/// [`Cmd::DrainWrite`] flag: leave out all-zero pages.
+pub const DRAIN_SKIP_ZERO: u64 = 1;
 
 /// One run of memory to drain: `len` bytes at `vaddr`, to file offset
 /// `file_off` (ignored for vmsplice).

@@ -102,6 +102,7 @@ fn serve(a: &ParasiteArgs, st: &mut State) {
                 }
                 None => -EINVAL,
             },
+            Some(Cmd::DrainWrite) if c.arg[2] & rcr_abi::parasite::DRAIN_SKIP_ZERO != 0 => drain_skip_zero(a, &c, &mut reply),
             Some(Cmd::DrainWrite) => drain(a, &c, &mut reply, false),
             Some(Cmd::DrainSplice) => drain(a, &c, &mut reply, true),
             Some(Cmd::CloseFd) => close_fd(st, c.arg[0] as i32),
@@ -261,6 +262,77 @@ fn drain(a: &ParasiteArgs, c: &Command, reply: &mut Reply, splice: bool) -> i64 
     }
     reply.value[2] = total;
     0
+}
+
+/// DrainWrite leaving out all-zero pages (layout: see `Cmd::DrainWrite`).
+/// The dumper only sends runs of readable private anonymous memory here.
+fn drain_skip_zero(a: &ParasiteArgs, c: &Command, reply: &mut Reply) -> i64 {
+    const PAGE: u64 = 4096;
+    let n = c.arg[1] as usize;
+    let Some(runs) = data::<DrainRun>(a, n) else { return -EINVAL };
+    let pages: u64 = runs.iter().map(|r| r.len / PAGE).sum();
+    let Some(first) = runs.first().map(|r| r.file_off) else { return 0 };
+    let Some(words) = data::<u64>(a, n * 3 + pages.div_ceil(64) as usize) else { return -EINVAL };
+    let Some((runs, bits)) = words.split_at_mut_checked(n * 3) else { return -EINVAL };
+    for w in bits.iter_mut() {
+        // SAFETY: `w` is a valid &mut u64; volatile only keeps the compiler
+        // from turning this loop into a memset call through the GOT (the
+        // blob must have no relocations).
+        unsafe { core::ptr::write_volatile(w, 0) };
+    }
+    let (mut pos, mut k) = (first, 0usize);
+    for (i, run) in runs.chunks_exact(3).enumerate() {
+        let &[vaddr, len, _] = run else { return -EINVAL };
+        let mut seg = vaddr; // start of the pending non-zero segment
+        let mut at = vaddr;
+        while at <= vaddr + len {
+            let end = at == vaddr + len;
+            if end || page_is_zero(at) {
+                if at > seg {
+                    let r = write_all(c.arg[0], seg, at - seg, pos);
+                    if r < 0 {
+                        reply.value = [i as u64, seg - vaddr, pos - first];
+                        return r;
+                    }
+                    pos += at - seg;
+                }
+                if let (false, Some(w)) = (end, bits.get_mut(k / 64)) {
+                    *w |= 1 << (k % 64);
+                }
+                seg = at + PAGE;
+            }
+            if end {
+                break;
+            }
+            at += PAGE;
+            k += 1;
+        }
+    }
+    reply.value[2] = pos - first;
+    0
+}
+
+/// pwrite of `len` bytes at `addr` to `off`, until done; 0 or -errno.
+fn write_all(fd: u64, addr: u64, len: u64, off: u64) -> i64 {
+    let mut done = 0;
+    while done < len {
+        let r = sys::syscall4(sys::NR_PWRITE64, fd, addr + done, len - done, off + done);
+        if r <= 0 {
+            return if r == 0 { -EIO } else { r };
+        }
+        done += r as u64;
+    }
+    0
+}
+
+/// Whether the page at `addr` holds only zero bytes. Most data pages
+/// differ in their first word, so the test costs little where it fails.
+fn page_is_zero(addr: u64) -> bool {
+    // SAFETY: `addr` is a page of a readable private anonymous VMA of this
+    // task, saved as present or swapped (the dumper chose it); the task is
+    // stopped apart from this parasite, so the mapping stays.
+    let p = unsafe { core::slice::from_raw_parts(addr as *const u64, 512) };
+    p.chunks_exact(16).all(|c| c.iter().fold(0, |acc, w| acc | w) == 0)
 }
 
 /// Receives one fd (SCM_RIGHTS) and remembers it for the cure.

@@ -329,8 +329,9 @@ fn write_pages(t: &Tracee, p: &mut Parasite, dir: &ImageDir, c: &Collected, via:
         }
     };
     let how = source.describe();
-    let saved = mm::dump::dump_pages(t.pid(), &c.mm.vmas, source, sink.as_mut())?;
+    mm::dump::dump_pages(t.pid(), &c.mm.vmas, source, sink.as_mut())?;
     let pagemap = (sink as Box<dyn PageSink>).finish()?;
+    let saved: u64 = pagemap.iter().map(|e| u64::from(e.nr_pages)).sum();
     log::info(&format!("pid {}: {} pages saved in {} runs via {how}", t.pid(), saved, pagemap.len()));
     Ok(pagemap)
 }

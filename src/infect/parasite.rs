@@ -453,6 +453,7 @@ impl<'t> Parasite<'t> {
     }
 
     /// Most runs one drain command carries (they fill the data area).
+    /// A [`Parasite::drain_write_skip_zero`] batch must also pass [`drain_fits`].
     pub fn max_runs(&self) -> usize {
         (PARASITE_DATA as usize) / std::mem::size_of::<DrainRun>()
     }
@@ -463,6 +464,21 @@ impl<'t> Parasite<'t> {
         self.write_data(runs);
         let r = self.send_cmd(Cmd::DrainWrite, [fd as u64, runs.len() as u64, 0]).and_then(|()| self.recv_reply(Cmd::DrainWrite as u32))?;
         self.drain_result(r, runs)
+    }
+
+    /// Like [`Parasite::drain_write`], leaving out all-zero pages: the
+    /// others go back to back from `runs[0].file_off`. Returns the bytes
+    /// written and a bitmap over the pages of `runs`, set for the zero ones.
+    /// `runs` must be readable private anonymous memory and fit
+    /// [`drain_fits`] together.
+    pub fn drain_write_skip_zero(&mut self, fd: i32, runs: &[DrainRun]) -> Result<(u64, Vec<u64>)> {
+        use rcr_abi::parasite::DRAIN_SKIP_ZERO;
+        self.write_data(runs);
+        let r = self.send_cmd(Cmd::DrainWrite, [fd as u64, runs.len() as u64, DRAIN_SKIP_ZERO]).and_then(|()| self.recv_reply(Cmd::DrainWrite as u32))?;
+        let written = self.drain_result(r, runs)?;
+        let words = drain_bitmap_words(runs);
+        let mut all = self.read_data::<u64>(runs.len() * 3 + words);
+        Ok((written, all.split_off(runs.len() * 3)))
     }
 
     /// Has the parasite vmsplice `runs` into the pipe `fd` (its number in
@@ -701,4 +717,14 @@ pub fn sigactions_to_pb(acts: &[KSigaction]) -> Vec<pb::SigAction> {
         .filter(|(_, a)| **a != KSigaction::default())
         .map(|(i, a)| pb::SigAction { signo: i as u32 + 1, handler: a.handler, flags: a.flags, restorer: a.restorer, mask: a.mask })
         .collect()
+}
+
+/// u64 words of the zero-page bitmap of a skip-zero drain of `runs`.
+pub fn drain_bitmap_words(runs: &[DrainRun]) -> usize {
+    (runs.iter().map(|r| r.len / 4096).sum::<u64>()).div_ceil(64) as usize
+}
+
+/// Whether `runs` and their zero-page bitmap fit the data area together.
+pub fn drain_fits(runs: &[DrainRun]) -> bool {
+    (runs.len() * 3 + drain_bitmap_words(runs)) * 8 <= PARASITE_DATA as usize
 }

@@ -1,11 +1,12 @@
 //! Dump side of memory.
 //!
-//! Which pages are saved, per kind of VMA (pagemap bits: 63 present,
-//! 62 swapped, 61 file page or shared anonymous):
+//! Which pages are saved, per kind of VMA (PAGEMAP_SCAN categories, or on
+//! older kernels pagemap bits: 63 present, 62 swapped, 61 file page or
+//! shared anonymous):
 //!
 //! | VMA               | saved pages                                        |
 //! |-------------------|----------------------------------------------------|
-//! | private anonymous | present or swapped, except the shared zero page    |
+//! | private anonymous | present or swapped, except the shared zero page and (if readable) pages of zeros |
 //! | shared anonymous  | all data pages of the shmem object (SEEK_DATA), except all-zero ones |
 //! | private file      | written ones: present and not a file page, or swapped |
 //! | shared file       | none: the file holds the content                   |
@@ -98,6 +99,9 @@ pub fn vmas(pid: i32, maps: &[MapEntry], cx: &mut DumpCx) -> Result<Vec<Vma>> {
         if m.has_flag("gd") {
             flags |= MAP_GROWSDOWN;
         }
+        if m.has_flag("nr") {
+            flags |= MAP_NORESERVE;
+        }
         let (mut file_id, mut mem_file_id) = (0, 0);
         if matches!(kind, VmaKind::VmaFilePrivate | VmaKind::VmaFileShared) && m.name.ends_with(" (deleted)") {
             mem_file_id = mem_file(pid, m, cx)?;
@@ -181,6 +185,60 @@ pub fn auxv(pid: i32) -> Result<Vec<u64>> {
     Ok(b.chunks_exact(8).map(|c| u64::from_le_bytes(c.try_into().unwrap_or([0; 8]))).collect())
 }
 
+/// Appends the runs of `vma` that must be saved to `runs`: from the
+/// PAGEMAP_SCAN ioctl (which walks the page tables, so an untouched range
+/// costs nothing), or, on kernels without it (`*scan` turns false), from
+/// reading the VMA's pagemap entries.
+fn saved_runs(pagemap: &std::fs::File, vma: &Vma, zero_pfn: Option<u64>, scan: &mut bool, runs: &mut Vec<(u64, u64)>) -> Result<()> {
+    let kind = VmaKind::try_from(vma.kind).unwrap_or(VmaKind::Unspecified);
+    if !matches!(kind, VmaKind::VmaAnonPrivate | VmaKind::VmaFilePrivate) {
+        return Ok(());
+    }
+    if *scan {
+        match scan_runs(pagemap, vma, kind, runs) {
+            Ok(()) => return Ok(()),
+            Err(e) if matches!(e.raw_os_error(), Some(libc::ENOTTY | libc::EINVAL)) => *scan = false,
+            Err(e) => return Err(e).with_context(|| format!("PAGEMAP_SCAN of {:#x}-{:#x}", vma.start, vma.end)),
+        }
+    }
+    let want = pages_to_save(pagemap, vma, zero_pfn)?;
+    runs_of(vma.start, &want, runs);
+    Ok(())
+}
+
+/// Regions asked from the kernel per PAGEMAP_SCAN call.
+const SCAN_REGIONS: usize = 4096;
+
+/// The PAGEMAP_SCAN path of [`saved_runs`]: regions of present or swapped
+/// pages, kept by the same rules as the pagemap bits (table above). When
+/// many regions come back, the kernel's walk_end may stop short of a range
+/// it did scan, so a resumed walk can repeat regions: they are clipped.
+fn scan_runs(pagemap: &std::fs::File, vma: &Vma, kind: VmaKind, runs: &mut Vec<(u64, u64)>) -> std::io::Result<()> {
+    use crate::sys::{PageRegion, PAGE_IS_FILE, PAGE_IS_PFNZERO, PAGE_IS_PRESENT, PAGE_IS_SWAPPED};
+    let keep = |c: u64| match kind {
+        VmaKind::VmaAnonPrivate => c & PAGE_IS_SWAPPED != 0 || (c & PAGE_IS_PRESENT != 0 && c & PAGE_IS_PFNZERO == 0),
+        _ => c & PAGE_IS_SWAPPED != 0 || (c & PAGE_IS_PRESENT != 0 && c & PAGE_IS_FILE == 0),
+    };
+    let mut buf = vec![PageRegion::default(); SCAN_REGIONS];
+    let (any, ret) = (PAGE_IS_PRESENT | PAGE_IS_SWAPPED, PAGE_IS_PRESENT | PAGE_IS_SWAPPED | PAGE_IS_FILE | PAGE_IS_PFNZERO);
+    let mut done = vma.start;
+    loop {
+        let (n, walk_end) = crate::sys::pagemap_scan(pagemap.as_raw_fd(), done, vma.end, any, ret, &mut buf)?;
+        for r in buf[..n].iter().filter(|r| keep(r.categories)) {
+            let start = r.start.max(runs.last().map_or(0, |l| l.0 + l.1));
+            match runs.last_mut() {
+                _ if start >= r.end => {}
+                Some(l) if l.0 + l.1 == start => l.1 += r.end - start,
+                _ => runs.push((start, r.end - start)),
+            }
+        }
+        if n < buf.len() || walk_end >= vma.end || walk_end <= done {
+            return Ok(());
+        }
+        done = walk_end;
+    }
+}
+
 /// Which pages of `vma` must be saved, as a bitmap over its pages.
 /// Private anonymous pages that map the shared zero page (read, never
 /// written) are left out when its frame number is known.
@@ -227,8 +285,10 @@ fn is_zero(page: &[u8]) -> bool {
 /// Where the contents of a task's private memory come from.
 pub trait PageSource {
     /// Moves `runs` (address and length, page aligned, in increasing
-    /// order) of the task's memory into `sink`.
-    fn drain(&mut self, runs: &[(u64, u64)], sink: &mut dyn PageSink) -> Result<()>;
+    /// order) of the task's memory into `sink`, leaving out the pages
+    /// that are all zero when `skip_zero` (then the runs are readable
+    /// private anonymous memory, which restores as zero anyway).
+    fn drain(&mut self, runs: &[(u64, u64)], skip_zero: bool, sink: &mut dyn PageSink) -> Result<()>;
     /// How pages travel, for the log.
     fn describe(&self) -> &'static str;
 }
@@ -241,7 +301,7 @@ pub struct ReadvSource {
 }
 
 impl PageSource for ReadvSource {
-    fn drain(&mut self, runs: &[(u64, u64)], sink: &mut dyn PageSink) -> Result<()> {
+    fn drain(&mut self, runs: &[(u64, u64)], skip_zero: bool, sink: &mut dyn PageSink) -> Result<()> {
         let mut buf = vec![0u8; CHUNK.min(runs.iter().map(|r| r.1).max().unwrap_or(0)) as usize];
         for &(addr, len) in runs {
             let mut done = 0;
@@ -249,7 +309,7 @@ impl PageSource for ReadvSource {
                 let n = (len - done).min(CHUNK) as usize;
                 crate::infect::read_memory(self.pid, addr + done, &mut buf[..n])
                     .with_context(|| format!("reading pages at {:#x}", addr + done))?;
-                sink.put(addr + done, &buf[..n])?;
+                put_run(sink, addr + done, &buf[..n], skip_zero)?;
                 done += n as u64;
             }
         }
@@ -263,31 +323,38 @@ impl PageSource for ReadvSource {
 
 /// Reads the pages of every VMA that needs them and hands them to `sink`:
 /// private memory through `source`, shared anonymous memory from its
-/// shmem object. Returns the number of pages saved.
-pub fn dump_pages(pid: i32, vmas: &[Vma], source: &mut dyn PageSource, sink: &mut dyn PageSink) -> Result<u64> {
+/// shmem object.
+pub fn dump_pages(pid: i32, vmas: &[Vma], source: &mut dyn PageSource, sink: &mut dyn PageSink) -> Result<()> {
     let pm_path = proc::path(pid, "pagemap");
     let pagemap = std::fs::File::open(&pm_path).with_context(|| format!("opening {}", pm_path.display()))?;
     let zero_pfn = crate::sys::zero_page_pfn();
     let mut buf = vec![0u8; CHUNK as usize];
-    let mut saved = 0;
     let mut runs = Vec::new();
+    let mut scan = true;
+    let mut skip_zero = false;
     for vma in vmas {
         if vma.kind == VmaKind::VmaAnonShared as i32 {
-            flush_runs(&mut runs, source, sink, &mut saved)?;
-            saved += dump_shmem(pid, vma, &mut buf, sink)?;
+            flush_runs(&mut runs, skip_zero, source, sink)?;
+            dump_shmem(pid, vma, &mut buf, sink)?;
             continue;
         }
-        let want = pages_to_save(&pagemap, vma, zero_pfn)?;
-        runs_of(vma.start, &want, &mut runs);
+        // Written pages of zeros in private anonymous memory are left out
+        // (restored memory is fresh, so zero); the test reads the page, so
+        // only where it is readable. File pages must keep their zeros.
+        let zero_ok = vma.kind == VmaKind::VmaAnonPrivate as i32 && vma.prot & PROT_READ != 0;
+        if zero_ok != skip_zero {
+            flush_runs(&mut runs, skip_zero, source, sink)?;
+            skip_zero = zero_ok;
+        }
+        saved_runs(&pagemap, vma, zero_pfn, &mut scan, &mut runs)?;
     }
-    flush_runs(&mut runs, source, sink, &mut saved)?;
-    Ok(saved)
+    flush_runs(&mut runs, skip_zero, source, sink)?;
+    Ok(())
 }
 
-fn flush_runs(runs: &mut Vec<(u64, u64)>, source: &mut dyn PageSource, sink: &mut dyn PageSink, saved: &mut u64) -> Result<()> {
+fn flush_runs(runs: &mut Vec<(u64, u64)>, skip_zero: bool, source: &mut dyn PageSource, sink: &mut dyn PageSink) -> Result<()> {
     if !runs.is_empty() {
-        source.drain(runs, sink)?;
-        *saved += runs.iter().map(|r| r.1 / PAGE_SIZE).sum::<u64>();
+        source.drain(runs, skip_zero, sink)?;
         runs.clear();
     }
     Ok(())
@@ -400,13 +467,81 @@ impl<'a, 't> ParasiteSource<'a, 't> {
         let r = self.pipe_read.as_ref().map(|r| r.as_raw_fd()).context("page pipe")?;
         Ok((r, self.task_fd.map(|t| t.1).context("page pipe")?))
     }
+
+    /// The skip-zero Write path: the parasite packs the non-zero pages of
+    /// each batch back to back from the sink's tail and returns a bitmap
+    /// of the zero ones; the sink then records the non-zero runs, which
+    /// must land exactly where the parasite wrote them.
+    fn drain_skip_zero(&mut self, runs: &[(u64, u64)], sink: &mut dyn PageSink) -> Result<()> {
+        use crate::infect::parasite::drain_fits;
+        let pieces = split_runs(runs, MAX_PIECE);
+        let mut i = 0;
+        while i < pieces.len() {
+            let (file, base) = sink.tail().context("this page sink does not take direct writes")?;
+            let mut batch = Vec::new();
+            while let Some(&(vaddr, len)) = pieces.get(i) {
+                batch.push(DrainRun { vaddr, len, file_off: base });
+                if !drain_fits(&batch) {
+                    batch.pop();
+                    break;
+                }
+                i += 1;
+            }
+            let fd = self.task_fd(file)?;
+            let (written, zero) = self.p.drain_write_skip_zero(fd, &batch)?;
+            let mut at = base;
+            for (vaddr, len) in nonzero_runs(&batch, &zero) {
+                let (_, off) = sink.reserve(vaddr, len).context("this page sink does not take direct writes")?;
+                if off != at {
+                    bail!("page sink put {vaddr:#x} at {off}, the parasite wrote it at {at}");
+                }
+                at += len;
+            }
+            if at - base != written {
+                bail!("the parasite wrote {written} bytes of pages, its zero-page bitmap leaves {}", at - base);
+            }
+        }
+        Ok(())
+    }
 }
 
 /// Pipe size asked for the splice path (fs.pipe-max-size is 1 MiB here).
 const PIPE_SIZE: i32 = 1 << 20;
 
+/// Largest run one skip-zero batch carries (its bitmap must fit the
+/// parasite's data area): longer runs are split.
+const MAX_PIECE: u64 = 16 << 30;
+
+fn split_runs(runs: &[(u64, u64)], max: u64) -> Vec<(u64, u64)> {
+    let mut out = Vec::with_capacity(runs.len());
+    for &(mut vaddr, mut len) in runs {
+        while len > max {
+            out.push((vaddr, max));
+            (vaddr, len) = (vaddr + max, len - max);
+        }
+        out.push((vaddr, len));
+    }
+    out
+}
+
+/// The runs of `batch` whose pages are not set in the bitmap `zero`.
+fn nonzero_runs(batch: &[DrainRun], zero: &[u64]) -> Vec<(u64, u64)> {
+    let mut out = Vec::new();
+    let mut k = 0usize;
+    for r in batch {
+        let n = (r.len / PAGE_SIZE) as usize;
+        let want: Vec<bool> = (k..k + n).map(|b| zero.get(b / 64).is_none_or(|w| w >> (b % 64) & 1 == 0)).collect();
+        runs_of(r.vaddr, &want, &mut out);
+        k += n;
+    }
+    out
+}
+
 impl PageSource for ParasiteSource<'_, '_> {
-    fn drain(&mut self, runs: &[(u64, u64)], sink: &mut dyn PageSink) -> Result<()> {
+    fn drain(&mut self, runs: &[(u64, u64)], skip_zero: bool, sink: &mut dyn PageSink) -> Result<()> {
+        if skip_zero && self.via == ParasiteVia::Write {
+            return self.drain_skip_zero(runs, sink);
+        }
         let max = self.p.max_runs();
         for chunk in runs.chunks(max) {
             let mut file = -1;

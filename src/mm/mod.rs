@@ -16,6 +16,7 @@ pub const MAP_SHARED: u32 = 0x01;
 pub const MAP_PRIVATE: u32 = 0x02;
 pub const MAP_ANONYMOUS: u32 = 0x20;
 pub const MAP_GROWSDOWN: u32 = 0x100;
+pub const MAP_NORESERVE: u32 = 0x4000;
 
 pub fn prot_string(prot: u32) -> String {
     let c = |b: u32, ch: char| if prot & b != 0 { ch } else { '-' };

@@ -91,6 +91,7 @@ pub mod mm;
 pub mod proc;
 pub mod restore;
 pub mod show;
+pub mod stats;
 pub mod sys;
 pub mod timers;
 pub mod tree;

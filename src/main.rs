@@ -91,6 +91,7 @@ enum Cmd {
 }
 
 fn main() {
+    rcr::stats::start();
     let cli = Cli::parse();
     if let Err(e) = rcr::log::init(cli.log_file.as_deref(), cli.verbose) {
         eprintln!("rcr: {e:#}");

@@ -60,6 +60,8 @@ fn order_key(name: &str) -> (u8, u32, usize, String) {
         "pstree" => return key(1, 0, 0),
         "files" => return key(3, 0, 0),
         "pipes" => return key(3, 0, 1),
+        "stats-dump" => return key(5, 0, 0),
+        "stats-restore" => return key(5, 0, 1),
         _ => {}
     }
     let parsed = stem.rsplit_once('-').and_then(|(s, p)| Some((s, p.parse::<u32>().ok()?)));
@@ -84,6 +86,8 @@ enum Body {
     Pipes(Vec<pb::PipeEntry>),
     Fds(Vec<pb::FileDesc>),
     MemFiles(Vec<pb::MemFile>),
+    StatsDump(Vec<pb::DumpStats>),
+    StatsRestore(Vec<pb::RestoreStats>),
 }
 
 /// What a pages file holds: its header was checked, the rest is raw pages.
@@ -119,6 +123,8 @@ fn decode_body(path: &Path, kind: Kind, raw: &[Vec<u8>]) -> Result<Body> {
         Kind::Pipes => Body::Pipes(images::decode_entries(path, kind, raw)?),
         Kind::Fds => Body::Fds(images::decode_entries(path, kind, raw)?),
         Kind::MemFiles => Body::MemFiles(images::decode_entries(path, kind, raw)?),
+        Kind::StatsDump => Body::StatsDump(images::decode_entries(path, kind, raw)?),
+        Kind::StatsRestore => Body::StatsRestore(images::decode_entries(path, kind, raw)?),
         Kind::Pages => bail!("{}: a pages file holds raw pages, not entries", path.display()),
     })
 }
@@ -171,6 +177,8 @@ enum JsonEntries<'a> {
     Pipes(&'a [pb::PipeEntry]),
     Fds(&'a [pb::FileDesc]),
     MemFiles(&'a [pb::MemFile]),
+    StatsDump(&'a [pb::DumpStats]),
+    StatsRestore(&'a [pb::RestoreStats]),
     None([u8; 0]),
 }
 
@@ -197,6 +205,8 @@ fn json_file<'a>(file: &'a str, kind: Kind, body: &'a Body) -> JsonFile<'a> {
         Body::Pipes(v) => (JsonEntries::Pipes(v), None),
         Body::Fds(v) => (JsonEntries::Fds(v), None),
         Body::MemFiles(v) => (JsonEntries::MemFiles(v), None),
+        Body::StatsDump(v) => (JsonEntries::StatsDump(v), None),
+        Body::StatsRestore(v) => (JsonEntries::StatsRestore(v), None),
         Body::Pages(s) => (JsonEntries::None([]), Some(s)),
     };
     JsonFile { file, kind: format!("{kind:?}"), entries, pages }
@@ -243,6 +253,8 @@ fn fmt_file(o: &mut String, name: &str, kind: Kind, body: &Body) -> fmt::Result 
         Body::Pipes(v) => fmt_entries(o, name, kind, v, fmt_pipe),
         Body::Fds(v) => fmt_entries(o, name, kind, v, fmt_desc),
         Body::MemFiles(v) => fmt_entries(o, name, kind, v, fmt_mem_file),
+        Body::StatsDump(v) => fmt_entries(o, name, kind, v, fmt_dump_stats),
+        Body::StatsRestore(v) => fmt_entries(o, name, kind, v, fmt_restore_stats),
     }
 }
 
@@ -304,6 +316,24 @@ fn fmt_core(o: &mut String, e: &pb::TaskCore) -> fmt::Result {
         )?;
     }
     Ok(())
+}
+
+/// Microseconds as milliseconds with three decimals.
+fn ms(us: u64) -> String {
+    format!("{}.{:03} ms", us / 1000, us % 1000)
+}
+
+fn fmt_dump_stats(o: &mut String, e: &pb::DumpStats) -> fmt::Result {
+    let until = if e.leave_running { "resumed" } else { "killed" };
+    writeln!(o, "total {}  frozen {} (until {until})  freezing {}", ms(e.total_us), ms(e.frozen_us), ms(e.freezing_us))?;
+    writeln!(o, "      memory {}  fds {}  images {}  parasite {}", ms(e.memory_us), ms(e.fds_us), ms(e.images_us), ms(e.infect_us))?;
+    writeln!(o, "      pages scanned {}  written {}  zero left out {}", e.pages_scanned, e.pages_written, e.pages_zero)?;
+    writeln!(o, "      {} bytes of images  {} processes  {} threads", e.bytes_written, e.processes, e.threads)
+}
+
+fn fmt_restore_stats(o: &mut String, e: &pb::RestoreStats) -> fmt::Result {
+    writeln!(o, "total {}  load {}  forking {}  restorer {}", ms(e.total_us), ms(e.load_us), ms(e.forking_us), ms(e.restorer_us))?;
+    writeln!(o, "      pages restored {}  {} processes  {} threads", e.pages_restored, e.processes, e.threads)
 }
 
 fn fmt_pipe(o: &mut String, e: &pb::PipeEntry) -> fmt::Result {

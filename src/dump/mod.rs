@@ -28,6 +28,7 @@ use crate::infect::Tracee;
 use crate::mm::dump::{PageSource, ParasiteSource, ParasiteVia, ReadvSource};
 use crate::tree::dump::{Frozen, Process, State};
 use crate::tree::{self, Scope};
+use crate::stats::{self, Mark, Phase};
 use crate::{fault, log, mm, proc};
 use anyhow::{bail, Context, Result};
 use rcr_abi::parasite::{ITimerVal, TaskMisc};
@@ -77,7 +78,11 @@ pub fn run(o: &Options) -> Result<()> {
         files::inet::check_nft()?;
     }
     crate::sys::raise_nofile();
-    let frozen = tree::dump::freeze(o.pid, o.scope)?;
+    stats::mark(Mark::Begin);
+    let frozen = {
+        let _t = stats::timer(Phase::Freezing);
+        tree::dump::freeze(o.pid, o.scope)?
+    };
     fault::point("target seized");
     let dir = ImageDir::create(&o.dir)?;
     let lock = match dump_tree(&frozen, &dir, o) {
@@ -91,6 +96,7 @@ pub fn run(o: &Options) -> Result<()> {
     };
     fault::point("images written");
     let n = frozen.procs.len();
+    let threads = frozen.procs.iter().map(|p| p.threads.len()).sum();
     if o.leave_running {
         let unlocked = lock.map_or(Ok(()), NetLock::release);
         frozen.resume()?;
@@ -102,6 +108,10 @@ pub fn run(o: &Options) -> Result<()> {
             log::info(&format!("network lock {table} stays until restore"));
         }
         log::info(&format!("pid {}: {n} processes dumped and killed", o.pid));
+    }
+    stats::mark(Mark::Released);
+    if let Err(e) = stats::write_dump(&dir, o.leave_running, n, threads) {
+        log::warn(&format!("the dump is complete, but its statistics were not written: {e:#}"));
     }
     Ok(())
 }
@@ -131,8 +141,8 @@ fn dump_tree(frozen: &Frozen, dir: &ImageDir, o: &Options) -> Result<Option<NetL
         }
     }
     let pids: Vec<i32> = frozen.procs.iter().map(|p| p.pid).collect();
-    files::fds::finish(&mut shared, &pids)?;
-    write_tree_images(dir, o.pid, &pstree, &shared, xsave_size)?;
+    stats::time(Phase::Fds, || files::fds::finish(&mut shared, &pids))?;
+    stats::time(Phase::Images, || write_tree_images(dir, o.pid, &pstree, &shared, xsave_size))?;
     Ok(shared.inet.lock.take())
 }
 
@@ -165,22 +175,22 @@ fn dump_process(p: &Process, is_root: bool, dir: &ImageDir, shared: &mut DumpCx,
     let leader = p.leader().context("a live process without threads")?;
     let pid = p.pid;
     parasite::remove_leftovers(leader)?;
-    let mut parasite = Parasite::infect(leader)?;
+    let mut parasite = stats::time(Phase::Infect, || Parasite::infect(leader))?;
     let mut c = collect(leader, &mut parasite, shared, is_root)?;
     c.core.threads = p.threads[1..].iter().map(|t| collect_thread(t, &mut parasite)).collect::<Result<_>>()?;
     (c.core.posix_timers, c.core.timer_restore_ids) = crate::timers::dump(pid, &p.threads.iter().map(Tracee::pid).collect::<Vec<_>>(), &mut parasite)?;
     if p.state == State::Stopped {
         c.core.state = pb::TaskState::Stopped as i32;
     }
-    let pagemap = write_pages(leader, &mut parasite, dir, &c, via)?;
-    parasite.cure()?;
+    let pagemap = stats::time(Phase::Memory, || write_pages(leader, &mut parasite, dir, &c, via))?;
+    stats::time(Phase::Infect, || parasite.cure())?;
     crate::creds::dump::collect(p, &mut c.core)?;
     c.core.pending = pending_signals(leader, true)?;
     for (t, tc) in p.threads[1..].iter().zip(c.core.threads.iter_mut()) {
         tc.pending = pending_signals(t, false)?;
     }
     crate::timers::claim_pending(&mut c.core);
-    write_images(pid as u32, dir, &c, &pagemap)?;
+    stats::time(Phase::Images, || write_images(pid as u32, dir, &c, &pagemap))?;
     Ok(c.core.xsave.len())
 }
 
@@ -205,7 +215,7 @@ fn collect(t: &Tracee, p: &mut Parasite, shared: &mut DumpCx, is_root: bool) -> 
     let exe_id = shared.files.add_shared(pb::RegFile { flags: libc::O_RDONLY as u32, ..exe });
     let brk = misc.brk;
     let mm = mm::dump::mm_fields(&st, brk, mm::dump::auxv(pid)?, exe_id, vmas);
-    let fds = files::fds::dump_fds(pid, task_fds(p, pid)?, shared)?;
+    let fds = stats::time(Phase::Fds, || files::fds::dump_fds(pid, task_fds(p, pid)?, shared))?;
     let fs = files::fs::dump(pid, &status)?;
     Ok(Collected { core, mm, fds, fs })
 }
@@ -332,6 +342,7 @@ fn write_pages(t: &Tracee, p: &mut Parasite, dir: &ImageDir, c: &Collected, via:
     mm::dump::dump_pages(t.pid(), &c.mm.vmas, source, sink.as_mut())?;
     let pagemap = (sink as Box<dyn PageSink>).finish()?;
     let saved: u64 = pagemap.iter().map(|e| u64::from(e.nr_pages)).sum();
+    stats::add(stats::Count::PagesWritten, saved);
     log::info(&format!("pid {}: {} pages saved in {} runs via {how}", t.pid(), saved, pagemap.len()));
     Ok(pagemap)
 }

@@ -48,10 +48,12 @@ pub enum Kind {
     Pipes,
     Fds,
     MemFiles,
+    StatsDump,
+    StatsRestore,
 }
 
 impl Kind {
-    pub const ALL: [Kind; 12] = [
+    pub const ALL: [Kind; 14] = [
         Kind::Inventory,
         Kind::Pstree,
         Kind::Core,
@@ -64,6 +66,8 @@ impl Kind {
         Kind::Pipes,
         Kind::Fds,
         Kind::MemFiles,
+        Kind::StatsDump,
+        Kind::StatsRestore,
     ];
 
     /// The magic: four ASCII bytes, stored as they read.
@@ -81,6 +85,8 @@ impl Kind {
             Kind::Pipes => b"RPIP",
             Kind::Fds => b"RDSC",
             Kind::MemFiles => b"RMEM",
+            Kind::StatsDump => b"RSTD",
+            Kind::StatsRestore => b"RSTR",
         }
     }
 
@@ -99,11 +105,13 @@ impl Kind {
             Kind::Pipes => "pipes",
             Kind::Fds => "fds",
             Kind::MemFiles => "memfiles",
+            Kind::StatsDump => "stats-dump",
+            Kind::StatsRestore => "stats-restore",
         }
     }
 
     pub fn per_process(self) -> bool {
-        !matches!(self, Kind::Inventory | Kind::Pstree | Kind::Files | Kind::Pipes | Kind::Fds | Kind::MemFiles)
+        !matches!(self, Kind::Inventory | Kind::Pstree | Kind::Files | Kind::Pipes | Kind::Fds | Kind::MemFiles | Kind::StatsDump | Kind::StatsRestore)
     }
 
     pub fn from_magic(m: [u8; 4]) -> Option<Kind> {

@@ -249,18 +249,26 @@ fn pages_to_save(pagemap: &std::fs::File, vma: &Vma, zero_pfn: Option<u64>) -> R
         .read_exact_at(&mut raw, vma.start / PAGE_SIZE * 8)
         .with_context(|| format!("reading pagemap of {:#x}-{:#x}", vma.start, vma.end))?;
     let kind = VmaKind::try_from(vma.kind).unwrap_or(VmaKind::Unspecified);
-    Ok(raw
+    crate::stats::add(crate::stats::Count::PagesScanned, n as u64);
+    let mut zero = 0;
+    let want = raw
         .chunks_exact(8)
         .map(|c| {
             let e = u64::from_le_bytes(c.try_into().unwrap_or([0; 8]));
             match kind {
-                VmaKind::VmaAnonPrivate if e & PM_PRESENT != 0 => Some(e & PM_PFN) != zero_pfn,
+                VmaKind::VmaAnonPrivate if e & PM_PRESENT != 0 && Some(e & PM_PFN) == zero_pfn => {
+                    zero += 1;
+                    false
+                }
+                VmaKind::VmaAnonPrivate if e & PM_PRESENT != 0 => true,
                 VmaKind::VmaAnonPrivate => e & PM_SWAP != 0,
                 VmaKind::VmaFilePrivate => e & PM_SWAP != 0 || (e & PM_PRESENT != 0 && e & PM_FILE == 0),
                 _ => false,
             }
         })
-        .collect())
+        .collect();
+    crate::stats::add(crate::stats::Count::PagesZero, zero);
+    Ok(want)
 }
 
 /// The runs (address, length) of `want`, a bitmap over the pages of a
@@ -401,7 +409,11 @@ fn put_run(sink: &mut dyn PageSink, addr: u64, data: &[u8], skip_zero: bool) -> 
     let mut saved = 0;
     let mut start: Option<usize> = None;
     for (k, page) in data.chunks_exact(ps).enumerate() {
-        match (is_zero(page), start) {
+        let z = is_zero(page);
+        if z {
+            crate::stats::add(crate::stats::Count::PagesZero, 1);
+        }
+        match (z, start) {
             (false, None) => start = Some(k),
             (true, Some(s)) => {
                 sink.put(addr + (s * ps) as u64, &data[s * ps..k * ps])?;

@@ -157,7 +157,7 @@ impl Inherited {
 /// Returns the exit code for rcr: the root's status unless detached.
 pub fn run(o: &Options) -> Result<i32> {
     crate::sys::raise_nofile();
-    let mut tree = load(&o.dir)?;
+    let mut tree = crate::stats::time(crate::stats::Phase::Load, || load(&o.dir))?;
     tree.fd_images.ext_unix_sk = o.ext_unix_sk;
     tree.fd_images.shell_job = o.shell_job;
     tree.fd_images.tcp_established = o.tcp_established;
@@ -173,7 +173,21 @@ pub fn run(o: &Options) -> Result<i32> {
         }
         job
     };
+    write_stats(o, &tree);
     finish(o, tree.procs[0].pid(), job.as_ref())
+}
+
+/// `stats-restore.img`, once the tree runs; a failure to write it (a
+/// read-only image directory) is only a warning.
+fn write_stats(o: &Options, tree: &Tree) {
+    let live = || tree.procs.iter().filter_map(|p| p.live.as_ref());
+    let pages = live().flat_map(|l| l.plan.runs.iter()).map(|r| r.nr_pages).sum();
+    crate::stats::add(crate::stats::Count::PagesRestored, pages);
+    let threads = tree.procs.iter().map(|p| p.entry.threads.len().max(1)).sum();
+    let written = ImageDir::open(&o.dir).and_then(|dir| crate::stats::write_restore(&dir, tree.procs.len(), threads));
+    if let Err(e) = written {
+        crate::log::warn(&format!("the tree runs, but the restore statistics were not written: {e:#}"));
+    }
 }
 
 /// Steps 3 to 6 for a shell job (`-j`): the job's terminal is rcr's,
@@ -200,6 +214,7 @@ fn restore_tree(tree: &Tree) -> Result<()> {
     let mut tcp = crate::files::inet::Repaired::default();
     let root = inherited.and_then(|mut inh| {
         tcp = std::mem::take(&mut inh.tcp);
+        crate::stats::mark(crate::stats::Mark::Begin);
         let root = fork_root(tree, &mut regions, &inh);
         inh.close_all();
         root

@@ -16,6 +16,7 @@
 use super::child::{BARRIER_GROUPED, BARRIER_MAGIC};
 use super::{describe_blob_failure, Tree};
 use crate::infect::{Stop, Tracee};
+use crate::stats::Mark;
 use crate::{log, proc};
 use anyhow::{bail, Context, Result};
 use std::collections::HashMap;
@@ -173,6 +174,7 @@ impl Supervisor<'_> {
 
     fn pass_barrier(&mut self, n: u64) -> Result<()> {
         log::debug(&format!("all {} processes at barrier {n}", self.tree.procs.len()));
+        crate::stats::mark(if n == BARRIER_GROUPED { Mark::BlobsStart } else { Mark::Forked });
         let leaders: Vec<(i32, usize)> = self.tasks.iter().filter(|(_, t)| t.leader).map(|(&tid, t)| (tid, t.proc_idx)).collect();
         for (tid, pi) in leaders {
             let zombie = self.tree.procs[pi].live.is_none();
@@ -186,6 +188,7 @@ impl Supervisor<'_> {
     /// syscall by syscall.
     fn release(&mut self) -> Result<()> {
         log::debug("every blob reported; releasing the tree");
+        crate::stats::mark(Mark::BlobsDone);
         let reported: Vec<i32> = self.tasks.iter().filter(|(_, t)| t.phase == Phase::Reported).map(|(&tid, _)| tid).collect();
         for tid in reported {
             self.set(tid, Phase::Returning);

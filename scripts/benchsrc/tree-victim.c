@@ -1,6 +1,6 @@
-/* Helper for scripts/bench-tree.sh, one binary with three modes:
+/* Victim of scripts/bench for the thread and process cases (built as `tree`), three modes:
  *
- *   bench-tree-victim procs N [--startup-only]
+ *   tree-victim procs N [--startup-only]
  *       A tree of N processes, two levels deep: the root forks B = floor(
  *       sqrt(N-1)) branch children, and the other N-1-B processes are leaves
  *       spread over the branches (N=100: 9 branches of 10 leaves). The root
@@ -9,7 +9,7 @@
  *       of its own, then blocks in pause(). The root prints READY once
  *       every process is set up and has closed the pipe it reported on (so
  *       the tree holds only fds 0-2, all inherited from the root).
- *   bench-tree-victim threads N [--startup-only]
+ *   tree-victim threads N [--startup-only]
  *       One process of N threads: the main thread and N-1 threads, each
  *       with a 256 KiB stack (pthread_attr_setstacksize), 4 KiB of TLS and
  *       16 KiB of its stack written with a pattern of its own. The threads
@@ -30,10 +30,10 @@
  *   from the start of main() to the moment it would print READY
  *   (CLOCK_MONOTONIC), then run the check at once and exit as above.
  *
- *   bench-tree-victim time SECS CMD...
+ *   tree-victim time SECS CMD...
  *       runs CMD, prints its wall time in seconds (CLOCK_MONOTONIC) on
  *       stdout; the command's own stdout goes to stderr. Kills CMD and
- *       fails if it takes over SECS s. (As in bench-victim.c.)
+ *       fails if it takes over SECS s. (Not used by scripts/bench.)
  */
 #define _GNU_SOURCE
 #include <errno.h>

@@ -194,6 +194,7 @@ fn saved_runs(pagemap: &std::fs::File, vma: &Vma, zero_pfn: Option<u64>, scan: &
     if !matches!(kind, VmaKind::VmaAnonPrivate | VmaKind::VmaFilePrivate) {
         return Ok(());
     }
+    crate::stats::add(crate::stats::Count::PagesScanned, (vma.end - vma.start) / PAGE_SIZE);
     if *scan {
         match scan_runs(pagemap, vma, kind, runs) {
             Ok(()) => return Ok(()),
@@ -249,7 +250,6 @@ fn pages_to_save(pagemap: &std::fs::File, vma: &Vma, zero_pfn: Option<u64>) -> R
         .read_exact_at(&mut raw, vma.start / PAGE_SIZE * 8)
         .with_context(|| format!("reading pagemap of {:#x}-{:#x}", vma.start, vma.end))?;
     let kind = VmaKind::try_from(vma.kind).unwrap_or(VmaKind::Unspecified);
-    crate::stats::add(crate::stats::Count::PagesScanned, n as u64);
     let mut zero = 0;
     let want = raw
         .chunks_exact(8)
@@ -501,6 +501,7 @@ impl<'a, 't> ParasiteSource<'a, 't> {
             }
             let fd = self.task_fd(file)?;
             let (written, zero) = self.p.drain_write_skip_zero(fd, &batch)?;
+            crate::stats::add(crate::stats::Count::PagesZero, zero.iter().map(|w| u64::from(w.count_ones())).sum());
             let mut at = base;
             for (vaddr, len) in nonzero_runs(&batch, &zero) {
                 let (_, off) = sink.reserve(vaddr, len).context("this page sink does not take direct writes")?;

@@ -414,10 +414,17 @@ pub fn kcmp(pid1: i32, pid2: i32, kind: i32, idx1: u64, idx2: u64) -> std::io::R
     cvt(unsafe { libc::syscall(libc::SYS_kcmp, pid1, pid2, kind, idx1, idx2) }).map(|r| r as i32)
 }
 
-/// Whether two of rcr's own fds refer to one open file description.
-pub fn same_description(a: RawFd, b: RawFd) -> std::io::Result<bool> {
+/// How the open file descriptions behind two of rcr's own fds compare in
+/// kcmp's order (a total order of the kernel objects): Equal when `a` and
+/// `b` refer to one description.
+pub fn order_descriptions(a: RawFd, b: RawFd) -> std::io::Result<std::cmp::Ordering> {
     let me = std::process::id() as i32;
-    Ok(kcmp(me, me, KCMP_FILE, a as u64, b as u64)? == 0)
+    match kcmp(me, me, KCMP_FILE, a as u64, b as u64)? {
+        0 => Ok(std::cmp::Ordering::Equal),
+        1 => Ok(std::cmp::Ordering::Less),
+        2 => Ok(std::cmp::Ordering::Greater),
+        r => Err(std::io::Error::other(format!("kcmp KCMP_FILE returned {r}, expected 0, 1 or 2"))),
+    }
 }
 
 /// Raises RLIMIT_NOFILE's soft limit to its hard limit: rcr holds a copy

@@ -125,7 +125,9 @@ pub struct DumpCx {
     pub descs: Vec<FileDesc>,
     /// rcr's copy of each description, same index as `descs` (for kcmp).
     held: Vec<File>,
-    /// Indices into `descs` by (st_dev, st_ino) of the file.
+    /// Indices into `descs` by (st_dev, st_ino) of the file, each list in
+    /// kcmp order of the descriptions (all anonymous inodes share one
+    /// inode number: a binary search keeps the dedupe O(log n) kcmp calls).
     by_inode: HashMap<(u64, u64), Vec<usize>>,
     pub pipes: PipeTable,
     pub unix: unix::Table,
@@ -145,19 +147,27 @@ pub struct DumpCx {
 }
 
 impl DumpCx {
-    /// The id of the description `file` refers to, if already recorded.
-    fn find(&self, file: &File, key: (u64, u64)) -> Result<Option<u32>> {
-        for &i in self.by_inode.get(&key).map(Vec::as_slice).unwrap_or_default() {
-            if crate::sys::same_description(self.held[i].as_raw_fd(), file.as_raw_fd()).context("kcmp")? {
-                return Ok(Some(self.descs[i].id));
+    /// Where the description `file` refers to is (Ok: the id of the
+    /// recorded one) or would go (Err: its place in the inode's list).
+    fn find(&self, file: &File, key: (u64, u64)) -> Result<std::result::Result<u32, usize>> {
+        let list = self.by_inode.get(&key).map(Vec::as_slice).unwrap_or_default();
+        let (mut lo, mut hi) = (0, list.len());
+        while lo < hi {
+            let mid = (lo + hi) / 2;
+            let i = list[mid];
+            match crate::sys::order_descriptions(self.held[i].as_raw_fd(), file.as_raw_fd()).context("kcmp")? {
+                std::cmp::Ordering::Equal => return Ok(Ok(self.descs[i].id)),
+                std::cmp::Ordering::Less => lo = mid + 1,
+                std::cmp::Ordering::Greater => hi = mid,
             }
         }
-        Ok(None)
+        Ok(Err(lo))
     }
 
-    fn add(&mut self, mut d: FileDesc, file: File, key: (u64, u64)) -> u32 {
+    /// Records a new description at `place` (from [`DumpCx::find`]).
+    fn add(&mut self, mut d: FileDesc, file: File, key: (u64, u64), place: usize) -> u32 {
         d.id = self.descs.len() as u32 + 1;
-        self.by_inode.entry(key).or_default().push(self.descs.len());
+        self.by_inode.entry(key).or_default().insert(place, self.descs.len());
         self.descs.push(d);
         self.held.push(file);
         self.descs.len() as u32
@@ -185,15 +195,18 @@ pub fn dump_fds(pid: i32, fds: Vec<(i32, File)>, cx: &mut DumpCx) -> Result<Vec<
         let cloexec = info.flags & libc::O_CLOEXEC as u32 != 0;
         let md = file.metadata().with_context(|| format!("pid {pid} fd {fd}: fstat"))?;
         let key = (md.dev(), md.ino());
-        if let Some(desc_id) = cx.find(&file, key)? {
-            out.push(FdEntry { fd: fd as u32, cloexec, desc_id });
-            continue;
-        }
+        let place = match cx.find(&file, key)? {
+            Ok(desc_id) => {
+                out.push(FdEntry { fd: fd as u32, cloexec, desc_id });
+                continue;
+            }
+            Err(place) => place,
+        };
         let link = std::fs::read_link(proc::path(pid, &format!("fd/{fd}"))).map(|t| t.to_string_lossy().into_owned()).unwrap_or_default();
         let f = Fd { pid, fd, link, file: &file, md, info };
         let kind = dump_kind(&f, cx)?;
         let desc = FileDesc { id: 0, flags: f.flags(), pos: f.info.pos, link: f.link.clone(), kind: Some(kind) };
-        let desc_id = cx.add(desc, file, key);
+        let desc_id = cx.add(desc, file, key, place);
         out.push(FdEntry { fd: fd as u32, cloexec, desc_id });
     }
     Ok(out)

@@ -414,6 +414,14 @@ pub fn kcmp(pid1: i32, pid2: i32, kind: i32, idx1: u64, idx2: u64) -> std::io::R
     cvt(unsafe { libc::syscall(libc::SYS_kcmp, pid1, pid2, kind, idx1, idx2) }).map(|r| r as i32)
 }
 
+/// Starts writeback of a file's dirty pages without waiting for it
+/// (sync_file_range SYNC_FILE_RANGE_WRITE on the whole file); an
+/// fdatasync later finds the work done or under way.
+pub fn start_writeback(fd: RawFd) -> std::io::Result<()> {
+    // SAFETY: sync_file_range only acts on the file behind `fd`.
+    cvt(unsafe { libc::sync_file_range(fd, 0, 0, libc::SYNC_FILE_RANGE_WRITE) } as i64).map(drop)
+}
+
 /// How the open file descriptions behind two of rcr's own fds compare in
 /// kcmp's order (a total order of the kernel objects): Equal when `a` and
 /// `b` refer to one description.

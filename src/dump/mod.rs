@@ -344,10 +344,12 @@ fn write_images(pid: u32, dir: &ImageDir, c: &Collected, pagemap: &[pb::PagemapE
     dir.write_one(Kind::Fs, pid, &c.fs)
 }
 
-/// The images of the tree as a whole; the inventory last.
+/// The images of the tree as a whole; the inventory last, once every
+/// other file is on disk (and it too before the tree is killed).
 fn write_tree_images(dir: &ImageDir, root: i32, pstree: &[pb::PstreeEntry], shared: &DumpCx, xsave_size: usize) -> Result<()> {
     files::fds::write_images(dir, shared)?;
     dir.write_all(Kind::Pstree, None, pstree)?;
+    dir.sync()?;
     let inv = pb::Inventory {
         format_version: FORMAT_VERSION,
         root_pid: root as u32,
@@ -360,5 +362,6 @@ fn write_tree_images(dir: &ImageDir, root: i32, pstree: &[pb::PstreeEntry], shar
         xcr0: arch::xcr0(),
         network_lock: shared.inet.lock.as_ref().and_then(NetLock::table).unwrap_or_default().to_string(),
     };
-    dir.write_one(Kind::Inventory, None, &inv)
+    dir.write_one(Kind::Inventory, None, &inv)?;
+    dir.sync()
 }

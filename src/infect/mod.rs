@@ -556,25 +556,50 @@ pub struct Gadgets {
 
 /// Looks for [`Gadgets`] in the task's file-backed executable mappings.
 fn find_gadgets(pid: i32) -> Result<Option<Gadgets>> {
-    const SYSCALL_RET: &[u8] = &[0x0f, 0x05, 0xc3];
-    const RESTORE_RT: &[u8] = &[0x48, 0xc7, 0xc0, 0x0f, 0x00, 0x00, 0x00, 0x0f, 0x05];
     let (mut syscall_ret, mut sigreturn) = (None, None);
     for m in crate::proc::maps(pid)? {
         if m.perms != "r-xp" || m.inode == 0 || m.end - m.start > 64 << 20 {
             continue;
         }
-        let mut code = vec![0u8; (m.end - m.start) as usize];
-        if read_memory(pid, m.start, &mut code).is_err() {
-            continue;
-        }
-        let find = |pat: &[u8]| code.windows(pat.len()).position(|w| w == pat).map(|o| m.start + o as u64);
-        syscall_ret = syscall_ret.or_else(|| find(SYSCALL_RET));
-        sigreturn = sigreturn.or_else(|| find(RESTORE_RT));
+        let found = gadgets_in(pid, &m);
+        syscall_ret = syscall_ret.or(found.0.map(|o| m.start + o));
+        sigreturn = sigreturn.or(found.1.map(|o| m.start + o));
         if let (Some(syscall_ret), Some(sigreturn)) = (syscall_ret, sigreturn) {
             return Ok(Some(Gadgets { syscall_ret, sigreturn }));
         }
     }
     Ok(None)
+}
+
+const SYSCALL_RET: &[u8] = &[0x0f, 0x05, 0xc3];
+const RESTORE_RT: &[u8] = &[0x48, 0xc7, 0xc0, 0x0f, 0x00, 0x00, 0x00, 0x0f, 0x05];
+
+/// Where in mapping `m` of `pid` the two gadgets start (offsets from its
+/// start). The processes of a tree map the same libraries: results are
+/// kept by (device, inode, file offset, length) and a hit is checked by
+/// reading the gadget bytes, so each library is scanned once per dump.
+fn gadgets_in(pid: i32, m: &crate::proc::MapEntry) -> (Option<u64>, Option<u64>) {
+    type Key = (u32, u32, u64, u64, u64);
+    static CACHE: std::sync::Mutex<Option<std::collections::HashMap<Key, (Option<u64>, Option<u64>)>>> = std::sync::Mutex::new(None);
+    let key = (m.dev_major, m.dev_minor, m.inode, m.offset, m.end - m.start);
+    let at = |o: Option<u64>, pat: &[u8]| {
+        let mut b = vec![0u8; pat.len()];
+        o.is_none_or(|o| read_memory(pid, m.start + o, &mut b).is_ok() && b == pat)
+    };
+    let cached = CACHE.lock().ok().and_then(|c| c.as_ref().and_then(|c| c.get(&key).copied()));
+    if let Some(found) = cached.filter(|f| at(f.0, SYSCALL_RET) && at(f.1, RESTORE_RT)) {
+        return found;
+    }
+    let mut code = vec![0u8; (m.end - m.start) as usize];
+    if read_memory(pid, m.start, &mut code).is_err() {
+        return (None, None);
+    }
+    let find = |pat: &[u8]| code.windows(pat.len()).position(|w| w == pat).map(|o| o as u64);
+    let found = (find(SYSCALL_RET), find(RESTORE_RT));
+    if let Ok(mut c) = CACHE.lock() {
+        c.get_or_insert_with(Default::default).insert(key, found);
+    }
+    found
 }
 
 /// Writes `data` at `addr` of another process (process_vm_writev).

@@ -374,9 +374,22 @@ impl Tracee {
     /// [`Tracee::remote_syscall`] through its vDSO, whose few microseconds
     /// between setting and restoring registers are not covered.
     pub fn remote_syscall_guarded(&self, nr: u64, args: [u64; 6]) -> Result<i64> {
+        Ok(self.remote_syscalls_guarded(&[(nr, args)])?[0])
+    }
+
+    /// Several syscalls in one guarded chain (see
+    /// [`Tracee::remote_syscall_guarded`]): at each syscall's exit stop rcr
+    /// points the task at the `syscall; ret` again with the next call's
+    /// registers; the last `ret` goes to the rt_sigreturn stub. If rcr dies
+    /// anywhere in the chain, the task finishes the call it is in and
+    /// returns to its own state. Two stops per extra call instead of a
+    /// whole guarded call each. Returns the results in order.
+    pub fn remote_syscalls_guarded(&self, calls: &[(u64, [u64; 6])]) -> Result<Vec<i64>> {
         use crate::arch::cur::{self as arch, sigframe};
+        let Some(&(nr, args)) = calls.first() else { return Ok(Vec::new()) };
         let Some(g) = self.gadgets()? else {
-            return self.remote_syscall(vdso_syscall_insn(self.pid)?, nr, args);
+            let insn = vdso_syscall_insn(self.pid)?;
+            return calls.iter().map(|&(nr, args)| self.remote_syscall(insn, nr, args)).collect();
         };
         let saved = Saved::read(self)?;
         let (regs, xsave, mask) = (saved.regs, &saved.xsave, saved.sigmask);
@@ -399,7 +412,7 @@ impl Tracee {
         // Registers before the mask: from here on the task returns to its
         // own state (mask included) by itself.
         self.set_regs(&r)?;
-        let result = self.set_sigmask(u64::MAX).and_then(|()| self.run_guarded_chain(nr));
+        let result = self.set_sigmask(u64::MAX).and_then(|()| self.run_guarded_chain(calls, g.syscall_ret));
         if result.is_err() {
             // rcr is alive: put everything back directly.
             saved.write(self)?;
@@ -409,21 +422,31 @@ impl Tracee {
         result
     }
 
-    /// Steps through the syscall and the rt_sigreturn after it; returns the
-    /// syscall's result.
-    fn run_guarded_chain(&self, nr: u64) -> Result<i64> {
+    /// Steps through the syscalls (the first set up by the caller, each
+    /// next one at `syscall_ret` from the previous one's exit stop) and the
+    /// rt_sigreturn after them; returns the syscalls' results.
+    fn run_guarded_chain(&self, calls: &[(u64, [u64; 6])], syscall_ret: u64) -> Result<Vec<i64>> {
         const NR_RT_SIGRETURN: u64 = 15;
-        self.step_syscall()?;
-        crate::fault::point("inside a guarded remote syscall");
-        self.step_syscall()?;
-        let result = self.get_regs()?.rax as i64;
+        let mut results = Vec::with_capacity(calls.len());
+        for (i, &(nr, _)) in calls.iter().enumerate() {
+            self.step_syscall()?;
+            crate::fault::point("inside a guarded remote syscall");
+            self.step_syscall()?;
+            let mut r = self.get_regs()?;
+            results.push(r.rax as i64);
+            let Some(&(next, a)) = calls.get(i + 1) else { break };
+            // Registers first, then rip: the task runs `syscall; ret` again.
+            (r.rip, r.rax, r.rdi, r.rsi, r.rdx, r.r10, r.r8, r.r9) = (syscall_ret, next, a[0], a[1], a[2], a[3], a[4], a[5]);
+            self.set_regs(&r).with_context(|| format!("pid {}: chaining syscall {next} after {nr}", self.pid))?;
+        }
         self.step_syscall()?;
         let r = self.get_regs()?;
         if r.orig_rax != NR_RT_SIGRETURN {
-            bail!("pid {}: after syscall {nr}, expected rt_sigreturn, got syscall {}", self.pid, r.orig_rax as i64);
+            let last = calls.last().map_or(0, |c| c.0);
+            bail!("pid {}: after syscall {last}, expected rt_sigreturn, got syscall {}", self.pid, r.orig_rax as i64);
         }
         self.step_syscall()?;
-        Ok(result)
+        Ok(results)
     }
 
     /// The task's `syscall; ret` and rt_sigreturn stub, found once.

@@ -368,13 +368,12 @@ impl<'t> Parasite<'t> {
         const PR_GET_TID_ADDRESS: u64 = 40;
         t.share_gadgets(self.t)?;
         let scratch = self.start + self.layout.data;
-        let r = t.remote_syscall_guarded(NR_SIGALTSTACK, [0, scratch, 0, 0, 0, 0])?;
-        if r < 0 {
-            bail!("sigaltstack in thread {}: {}", t.pid(), errno(r));
+        let r = t.remote_syscalls_guarded(&[(NR_SIGALTSTACK, [0, scratch, 0, 0, 0, 0]), (NR_PRCTL, [PR_GET_TID_ADDRESS, scratch + 64, 0, 0, 0, 0])])?;
+        if r[0] < 0 {
+            bail!("sigaltstack in thread {}: {}", t.pid(), errno(r[0]));
         }
-        let r = t.remote_syscall_guarded(NR_PRCTL, [PR_GET_TID_ADDRESS, scratch + 64, 0, 0, 0, 0])?;
-        if r < 0 {
-            bail!("PR_GET_TID_ADDRESS in thread {}: {}", t.pid(), errno(r));
+        if r[1] < 0 {
+            bail!("PR_GET_TID_ADDRESS in thread {}: {}", t.pid(), errno(r[1]));
         }
         let b = self.local.bytes(self.layout.data, 72);
         let word = |at: usize| u64::from_le_bytes(b[at..at + 8].try_into().unwrap_or_default());

@@ -603,7 +603,8 @@ const RESTORE_RT: &[u8] = &[0x48, 0xc7, 0xc0, 0x0f, 0x00, 0x00, 0x00, 0x0f, 0x05
 /// reading the gadget bytes, so each library is scanned once per dump.
 fn gadgets_in(pid: i32, m: &crate::proc::MapEntry) -> (Option<u64>, Option<u64>) {
     type Key = (u32, u32, u64, u64, u64);
-    static CACHE: std::sync::Mutex<Option<std::collections::HashMap<Key, (Option<u64>, Option<u64>)>>> = std::sync::Mutex::new(None);
+    type Found = (Option<u64>, Option<u64>);
+    static CACHE: std::sync::Mutex<Option<std::collections::HashMap<Key, Found>>> = std::sync::Mutex::new(None);
     let key = (m.dev_major, m.dev_minor, m.inode, m.offset, m.end - m.start);
     let at = |o: Option<u64>, pat: &[u8]| {
         let mut b = vec![0u8; pat.len()];

@@ -275,14 +275,14 @@ fn collect_core(t: &Tracee, saved: &parasite::Saved, st: &proc::Stat, misc: &Tas
     })
 }
 
-/// The task's own fds (not the parasite's), each with a copy of its open
-/// file passed back by the parasite.
-fn task_fds(p: &mut Parasite, pid: i32) -> Result<Vec<(i32, std::fs::File)>> {
+/// The task's own fds (not the parasite's), each with its /proc link and
+/// a copy of its open file passed back by the parasite.
+fn task_fds(p: &mut Parasite, pid: i32) -> Result<Vec<(i32, String, std::fs::File)>> {
     let skip = p.task_fds();
     let fds: Vec<i32> = proc::fds(pid)?.into_iter().filter(|fd| !skip.contains(fd)).collect();
-    files::fds::precheck(pid, &fds)?;
+    let links = files::fds::precheck(pid, &fds)?;
     let files = p.take_fds(&fds)?;
-    Ok(fds.into_iter().zip(files.into_iter().map(std::fs::File::from)).collect())
+    Ok(fds.into_iter().zip(links).zip(files.into_iter().map(std::fs::File::from)).map(|((fd, l), f)| (fd, l, f)).collect())
 }
 
 fn itimer(v: ITimerVal) -> Option<pb::ITimer> {

@@ -174,23 +174,27 @@ impl DumpCx {
     }
 }
 
-/// Refuses, before the parasite sends them over, fds it cannot send:
+/// The /proc link of each fd of `fds`, read once for the whole dump;
+/// refuses, before the parasite sends them over, fds it cannot send:
 /// io_uring instances (the kernel refuses them in SCM_RIGHTS).
-pub fn precheck(pid: i32, fds: &[i32]) -> Result<()> {
+pub fn precheck(pid: i32, fds: &[i32]) -> Result<Vec<String>> {
+    let mut links = Vec::with_capacity(fds.len());
     for &fd in fds {
         let link = std::fs::read_link(proc::path(pid, &format!("fd/{fd}"))).map(|t| t.to_string_lossy().into_owned()).unwrap_or_default();
         if link == "anon_inode:[io_uring]" {
             bail!("pid {pid} fd {fd} ({link}): it is an io_uring instance (its rings and pending requests cannot be carried); rcr cannot carry it");
         }
+        links.push(link);
     }
-    Ok(())
+    Ok(links)
 }
 
-/// Describes the fds `fds` of `pid`, each with its open file as the task
-/// holds it; fails on the first fd rcr cannot carry.
-pub fn dump_fds(pid: i32, fds: Vec<(i32, File)>, cx: &mut DumpCx) -> Result<Vec<FdEntry>> {
+/// Describes the fds `fds` of `pid` (number, /proc link from [`precheck`],
+/// the open file as the task holds it); fails on the first fd rcr cannot
+/// carry.
+pub fn dump_fds(pid: i32, fds: Vec<(i32, String, File)>, cx: &mut DumpCx) -> Result<Vec<FdEntry>> {
     let mut out = Vec::with_capacity(fds.len());
-    for (fd, file) in fds {
+    for (fd, link, file) in fds {
         let info = proc::fdinfo(pid, fd)?;
         let cloexec = info.flags & libc::O_CLOEXEC as u32 != 0;
         let md = file.metadata().with_context(|| format!("pid {pid} fd {fd}: fstat"))?;
@@ -202,7 +206,6 @@ pub fn dump_fds(pid: i32, fds: Vec<(i32, File)>, cx: &mut DumpCx) -> Result<Vec<
             }
             Err(place) => place,
         };
-        let link = std::fs::read_link(proc::path(pid, &format!("fd/{fd}"))).map(|t| t.to_string_lossy().into_owned()).unwrap_or_default();
         let f = Fd { pid, fd, link, file: &file, md, info };
         let kind = dump_kind(&f, cx)?;
         let desc = FileDesc { id: 0, flags: f.flags(), pos: f.info.pos, link: f.link.clone(), kind: Some(kind) };

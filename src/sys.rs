@@ -40,6 +40,27 @@ pub fn move_fd(fd: RawFd, want: RawFd, cloexec: bool) -> std::io::Result<RawFd> 
     Ok(want)
 }
 
+/// Sets or clears `fd`'s close-on-exec bit.
+pub fn set_cloexec(fd: RawFd, cloexec: bool) -> std::io::Result<()> {
+    let v = if cloexec { libc::FD_CLOEXEC } else { 0 };
+    // SAFETY: F_SETFD only changes the fd's own flag.
+    cvt(unsafe { libc::fcntl(fd, libc::F_SETFD, v) } as libc::c_long).map(drop)
+}
+
+/// Whether fd number `fd` is open in rcr.
+pub fn fd_is_open(fd: RawFd) -> bool {
+    // SAFETY: F_GETFD only reads the fd's flags (EBADF if it is not open).
+    unsafe { libc::fcntl(fd, libc::F_GETFD) != -1 }
+}
+
+/// dup3 of `fd` onto `want` (not close-on-exec), then closes `fd`.
+pub fn dup_onto(fd: OwnedFd, want: RawFd) -> std::io::Result<RawFd> {
+    use std::os::fd::AsRawFd;
+    // SAFETY: dup3 onto a number the caller checked is free or owns.
+    cvt(unsafe { libc::dup3(fd.as_raw_fd(), want, 0) } as libc::c_long)?;
+    Ok(want)
+}
+
 /// Duplicates `fd` to the lowest number >= `min`, close-on-exec.
 pub fn dup_above(fd: RawFd, min: RawFd) -> std::io::Result<RawFd> {
     // SAFETY: F_DUPFD_CLOEXEC creates a new fd; `fd` stays valid.

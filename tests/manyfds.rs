@@ -58,9 +58,33 @@ fn check_outside(pids: [i32; 2], what: &str) {
 
 #[test]
 fn many_descriptions_of_one_inode() {
-    let Some(mut t) = TestEnv::new("many_descriptions_of_one_inode") else { return };
+    run("many_descriptions_of_one_inode", 0);
+}
+
+/// As many descriptions as about half of rcr's RLIMIT_NOFILE hard limit,
+/// at numbers up to over half of it: rcr cannot hold a copy of each above
+/// the tree's numbers, so it creates them at their own numbers.
+#[test]
+fn descriptions_near_the_fd_limit() {
+    let mut lim = libc::rlimit { rlim_cur: 0, rlim_max: 0 };
+    // SAFETY: getrlimit fills the struct we own.
+    unsafe { libc::getrlimit(libc::RLIMIT_NOFILE, &mut lim) };
+    let big = (lim.rlim_max.min(1 << 20) as i64 / 2 - 100).max(0);
+    if big < 2000 {
+        eprintln!("RLIMIT_NOFILE hard limit {} is too low for this test; skipped", lim.rlim_max);
+        return;
+    }
+    run("descriptions_near_the_fd_limit", big);
+}
+
+/// Starts the victim (with `big` more eventfds), checks, dumps, restores,
+/// checks again; the victim checks itself.
+fn run(name: &str, big: i64) {
+    let Some(mut t) = TestEnv::new(name) else { return };
     let dir = t.dir.to_string_lossy().into_owned();
-    t.spawn_victim("manyfds", &[&dir], false);
+    let big_arg = big.to_string();
+    let args: Vec<&str> = if big > 0 { vec![&dir, &big_arg] } else { vec![&dir] };
+    t.spawn_victim("manyfds", &args, false);
     t.wait_ready();
     let line = t.log_text().lines().find_map(|l| l.strip_prefix("child ").map(str::to_string)).expect("no `child PID` line in the victim log");
     let pids = [t.pid, line.trim().parse().expect("child pid")];
@@ -72,5 +96,8 @@ fn many_descriptions_of_one_inode() {
     let pid = t.restore(&[]);
     assert_eq!(pid, pids[0], "restored with a different PID");
     check_outside(pids, "after restore");
+    for k in (0..big as i32).step_by(97) {
+        assert_eq!(fdinfo(pids[0], 1000 + k, "eventfd-count:"), 7 * k as i64 + 3, "after restore: counter of eventfd fd {}", 1000 + k);
+    }
     t.go_expect_pass();
 }

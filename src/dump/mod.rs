@@ -205,7 +205,7 @@ fn collect(t: &Tracee, p: &mut Parasite, shared: &mut DumpCx, is_root: bool) -> 
     let exe_id = shared.files.add_shared(pb::RegFile { flags: libc::O_RDONLY as u32, ..exe });
     let brk = misc.brk;
     let mm = mm::dump::mm_fields(&st, brk, mm::dump::auxv(pid)?, exe_id, vmas);
-    let fds = files::fds::dump_fds(pid, task_fds(p, pid)?, shared)?;
+    let fds = dump_task_fds(p, pid, shared)?;
     let fs = files::fs::dump(pid, &status)?;
     Ok(Collected { core, mm, fds, fs })
 }
@@ -275,14 +275,22 @@ fn collect_core(t: &Tracee, saved: &parasite::Saved, st: &proc::Stat, misc: &Tas
     })
 }
 
-/// The task's own fds (not the parasite's), each with its /proc link and
-/// a copy of its open file passed back by the parasite.
-fn task_fds(p: &mut Parasite, pid: i32) -> Result<Vec<(i32, String, std::fs::File)>> {
+/// The task's own fds (not the parasite's), described: the parasite
+/// passes copies of their open files over in batches, each described (and
+/// its duplicates dropped) before the next, so rcr never holds two copies
+/// of a tree's worth of fds.
+fn dump_task_fds(p: &mut Parasite, pid: i32, shared: &mut DumpCx) -> Result<Vec<pb::FdEntry>> {
+    const BATCH: usize = 512;
     let skip = p.task_fds();
     let fds: Vec<i32> = proc::fds(pid)?.into_iter().filter(|fd| !skip.contains(fd)).collect();
     let links = files::fds::precheck(pid, &fds)?;
-    let files = p.take_fds(&fds)?;
-    Ok(fds.into_iter().zip(links).zip(files.into_iter().map(std::fs::File::from)).map(|((fd, l), f)| (fd, l, f)).collect())
+    let mut out = Vec::with_capacity(fds.len());
+    for (nums, links) in fds.chunks(BATCH).zip(links.chunks(BATCH)) {
+        let files = p.take_fds(nums)?.into_iter().map(std::fs::File::from);
+        let batch = nums.iter().zip(links).zip(files).map(|((&fd, l), f)| (fd, l.clone(), f)).collect();
+        out.extend(files::fds::dump_fds(pid, batch, shared)?);
+    }
+    Ok(out)
 }
 
 fn itimer(v: ITimerVal) -> Option<pb::ITimer> {

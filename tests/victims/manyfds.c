@@ -17,7 +17,14 @@
  * child's fd are one description) and checks every dup's offset, moves
  * each open through its dup and sees the original move.
  *
- * usage: manyfds GO_FILE DIR
+ * With a third argument N (the "big" mode), the parent also holds N more
+ * eventfds at fds 1000..1000+N-1, eventfd 1000+k with counter 7*k+3 (the
+ * soft RLIMIT_NOFILE is raised to the hard limit first); the parent checks
+ * each counter after go through fdinfo. rcr's limit being that of the
+ * tree, N near the limit's half leaves rcr no room for a second copy of
+ * every description above the tree's numbers.
+ *
+ * usage: manyfds GO_FILE DIR [N]
  */
 #define _GNU_SOURCE
 #include "victim.h"
@@ -65,12 +72,19 @@ static long long fdinfo(int fd, const char *key)
 	return fdinfo_in(fd, key, strcmp(key, "eventfd-count:") ? 10 : 16);
 }
 
+static int big;
+
 static void set_up(const char *dir)
 {
 	char path[4096];
 	struct rlimit rl = { 1024, 1024 };
-	if (getrlimit(RLIMIT_NOFILE, &rl) == 0 && rl.rlim_cur < 1024)
-		fail("RLIMIT_NOFILE soft limit %lu is below 1024", (unsigned long)rl.rlim_cur);
+	if (getrlimit(RLIMIT_NOFILE, &rl) != 0)
+		fail("getrlimit: %s", strerror(errno));
+	rl.rlim_cur = rl.rlim_max;
+	if (setrlimit(RLIMIT_NOFILE, &rl) != 0 || rl.rlim_cur < (rlim_t)1000 + big + 10)
+		fail("RLIMIT_NOFILE %lu is too low for %d more fds", (unsigned long)rl.rlim_cur, big);
+	for (int k = 0; k < big; k++)
+		at(eventfd(7 * k + 3, 0), 1000 + k);
 	for (int i = 0; i < NEV; i++)
 		at(eventfd(i + 1, 0), 100 + i);
 	for (int j = 0; j < NEV; j++)
@@ -106,6 +120,9 @@ static void child_check(void)
 static void parent_check(pid_t child)
 {
 	int st;
+	for (int k = 0; k < big; k++)
+		if (fdinfo(1000 + k, "eventfd-count:") != 7 * k + 3)
+			fail("eventfd fd %d has count %lld, expected %d", 1000 + k, fdinfo(1000 + k, "eventfd-count:"), 7 * k + 3);
 	if (waitpid(child, &st, 0) != child || !WIFEXITED(st) || WEXITSTATUS(st) != 0)
 		fail("the child failed (status %#x)", st);
 	for (int j = 0; j < NEV; j++) {
@@ -127,7 +144,8 @@ static void parent_check(pid_t child)
 
 int main(int argc, char **argv)
 {
-	need_args(argc, argv, 2, "GO_FILE DIR");
+	need_args(argc, argv, 2, "GO_FILE DIR [N]");
+	big = argc > 3 ? atoi(argv[3]) : 0;
 	set_up(argv[2]);
 	pid_t child = fork();
 	if (child < 0)

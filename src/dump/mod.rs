@@ -236,6 +236,8 @@ fn collect_thread(t: &Tracee, p: &mut Parasite) -> Result<pb::ThreadCore> {
         robust_list,
         robust_list_len,
         pending: Vec::new(),
+        // Only the securebits for now: creds::dump::collect fills the rest.
+        creds: Some(pb::Creds { securebits: misc.securebits, ..Default::default() }),
         ..Default::default()
     })
 }

@@ -40,6 +40,27 @@ pub fn move_fd(fd: RawFd, want: RawFd, cloexec: bool) -> std::io::Result<RawFd> 
     Ok(want)
 }
 
+/// Sets or clears `fd`'s close-on-exec bit.
+pub fn set_cloexec(fd: RawFd, cloexec: bool) -> std::io::Result<()> {
+    let v = if cloexec { libc::FD_CLOEXEC } else { 0 };
+    // SAFETY: F_SETFD only changes the fd's own flag.
+    cvt(unsafe { libc::fcntl(fd, libc::F_SETFD, v) } as libc::c_long).map(drop)
+}
+
+/// Whether fd number `fd` is open in rcr.
+pub fn fd_is_open(fd: RawFd) -> bool {
+    // SAFETY: F_GETFD only reads the fd's flags (EBADF if it is not open).
+    unsafe { libc::fcntl(fd, libc::F_GETFD) != -1 }
+}
+
+/// dup3 of `fd` onto `want` (not close-on-exec), then closes `fd`.
+pub fn dup_onto(fd: OwnedFd, want: RawFd) -> std::io::Result<RawFd> {
+    use std::os::fd::AsRawFd;
+    // SAFETY: dup3 onto a number the caller checked is free or owns.
+    cvt(unsafe { libc::dup3(fd.as_raw_fd(), want, 0) } as libc::c_long)?;
+    Ok(want)
+}
+
 /// Duplicates `fd` to the lowest number >= `min`, close-on-exec.
 pub fn dup_above(fd: RawFd, min: RawFd) -> std::io::Result<RawFd> {
     // SAFETY: F_DUPFD_CLOEXEC creates a new fd; `fd` stays valid.
@@ -414,10 +435,25 @@ pub fn kcmp(pid1: i32, pid2: i32, kind: i32, idx1: u64, idx2: u64) -> std::io::R
     cvt(unsafe { libc::syscall(libc::SYS_kcmp, pid1, pid2, kind, idx1, idx2) }).map(|r| r as i32)
 }
 
-/// Whether two of rcr's own fds refer to one open file description.
-pub fn same_description(a: RawFd, b: RawFd) -> std::io::Result<bool> {
+/// Starts writeback of a file's dirty pages without waiting for it
+/// (sync_file_range SYNC_FILE_RANGE_WRITE on the whole file); an
+/// fdatasync later finds the work done or under way.
+pub fn start_writeback(fd: RawFd) -> std::io::Result<()> {
+    // SAFETY: sync_file_range only acts on the file behind `fd`.
+    cvt(unsafe { libc::sync_file_range(fd, 0, 0, libc::SYNC_FILE_RANGE_WRITE) } as i64).map(drop)
+}
+
+/// How the open file descriptions behind two of rcr's own fds compare in
+/// kcmp's order (a total order of the kernel objects): Equal when `a` and
+/// `b` refer to one description.
+pub fn order_descriptions(a: RawFd, b: RawFd) -> std::io::Result<std::cmp::Ordering> {
     let me = std::process::id() as i32;
-    Ok(kcmp(me, me, KCMP_FILE, a as u64, b as u64)? == 0)
+    match kcmp(me, me, KCMP_FILE, a as u64, b as u64)? {
+        0 => Ok(std::cmp::Ordering::Equal),
+        1 => Ok(std::cmp::Ordering::Less),
+        2 => Ok(std::cmp::Ordering::Greater),
+        r => Err(std::io::Error::other(format!("kcmp KCMP_FILE returned {r}, expected 0, 1 or 2"))),
+    }
 }
 
 /// Raises RLIMIT_NOFILE's soft limit to its hard limit: rcr holds a copy

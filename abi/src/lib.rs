@@ -21,6 +21,12 @@
 /// `RestoreArgs::magic`: guards against a host/blob mismatch.
 pub const RESTORE_ARGS_MAGIC: u64 = 0x7263_722d_7273_7431; // "rcr-rst1"
 
+/// rax of the `int3` each thread other than the leader stops at right
+/// before its rt_sigreturn (after go and its credentials): the host then
+/// steps it through rt_sigreturn. Threads run untraced-for-syscalls until
+/// there, so a restore costs a few stops per thread, not one per syscall.
+pub const THREAD_RETURN_MAGIC: u64 = 0x7263_722d_7468_7264; // "rcr-thrd"
+
 /// Highest user address on x86-64 with 4-level paging (TASK_SIZE_MAX).
 pub const TASK_SIZE: u64 = 0x0000_7fff_ffff_f000;
 

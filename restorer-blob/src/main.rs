@@ -20,7 +20,8 @@
 //!    threads, applies its scheduling, credentials and seccomp state
 //!    ([`creds`], after every thread did its own) and calls rt_sigreturn
 //!    on the sigframe the host prepared; every thread does the same on its
-//!    own frame.
+//!    own frame, after an `int3` (rax = THREAD_RETURN_MAGIC) that lets the
+//!    host step it through its rt_sigreturn.
 //!
 //! On failure it stops at `int3` with rax = -errno, rdi = step, rsi = item
 //! index, and never continues: the host kills it.
@@ -34,7 +35,7 @@ mod creds;
 use rcr_abi::sys;
 
 use core::sync::atomic::{AtomicU32, Ordering};
-use rcr_abi::{PageRun, PendingSig, RestoreArgs, RestoreStep, ThreadArgs, VmaEntry, NR_SPECIAL, RESTORE_ARGS_MAGIC, TASK_SIZE};
+use rcr_abi::{PageRun, PendingSig, RestoreArgs, RestoreStep, ThreadArgs, VmaEntry, NR_SPECIAL, RESTORE_ARGS_MAGIC, TASK_SIZE, THREAD_RETURN_MAGIC};
 
 rcr_abi::blob_entry!(restore_main);
 
@@ -256,6 +257,9 @@ extern "C" fn thread_main(t: *mut ThreadArgs) -> ! {
         sys::syscall4(sys::NR_FUTEX, go.as_ptr() as u64, FUTEX_WAIT_PRIVATE, 0, 0);
     }
     creds::thread_after_go(t, a);
+    // SAFETY: int3 traps to the tracing host, which steps this thread
+    // through the rt_sigreturn below (or kills the tree).
+    unsafe { core::arch::asm!("int3", in("rax") THREAD_RETURN_MAGIC, options(nostack)) };
     sigreturn(t.sigframe)
 }
 

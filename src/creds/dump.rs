@@ -17,10 +17,12 @@ const SCHED_RESET_ON_FORK: u32 = 0x4000_0000;
 /// (the leader's and, in `core.threads`, every other thread's).
 pub fn collect(p: &Process, core: &mut pb::TaskCore) -> Result<()> {
     let leader = p.leader().context("a live process without threads")?;
-    core.creds = Some(thread_creds(p.pid, leader, leader)?);
+    core.creds = Some(thread_creds(p.pid, leader, leader, None)?);
     core.sched = Some(thread_sched(p.pid, p.pid)?);
     for (t, tc) in p.threads[1..].iter().zip(core.threads.iter_mut()) {
-        tc.creds = Some(thread_creds(p.pid, t, leader)?);
+        // The dump read each other thread's securebits with the parasite in.
+        let securebits = tc.creds.as_ref().map(|c| c.securebits);
+        tc.creds = Some(thread_creds(p.pid, t, leader, securebits)?);
         tc.sched = Some(thread_sched(p.pid, t.pid())?);
     }
     let limits = proc::read_string(p.pid, "limits")?;
@@ -30,9 +32,9 @@ pub fn collect(p: &Process, core: &mut pb::TaskCore) -> Result<()> {
     Ok(())
 }
 
-/// /proc/PID/task/TID/status, the securebits (PR_GET_SECUREBITS run in
-/// the thread) and the seccomp filters.
-fn thread_creds(pid: i32, t: &Tracee, leader: &Tracee) -> Result<pb::Creds> {
+/// /proc/PID/task/TID/status, the securebits (`securebits` if already
+/// read, else PR_GET_SECUREBITS run in the thread) and the seccomp filters.
+fn thread_creds(pid: i32, t: &Tracee, leader: &Tracee, securebits: Option<u32>) -> Result<pb::Creds> {
     let tid = t.pid();
     let text = proc::read_string(pid, &format!("task/{tid}/status"))?;
     let st: HashMap<&str, &str> = text.lines().filter_map(|l| l.split_once(':')).map(|(k, v)| (k.trim(), v.trim())).collect();
@@ -47,10 +49,15 @@ fn thread_creds(pid: i32, t: &Tracee, leader: &Tracee) -> Result<pb::Creds> {
     let hex = |key: &str| -> Result<u64> { u64::from_str_radix(field(key)?, 16).with_context(|| format!("thread {tid}: {key}")) };
     let groups = field("Groups")?.split_whitespace().map(str::parse).collect::<Result<_, _>>().with_context(|| format!("thread {tid}: Groups"))?;
     let seccomp_mode: u32 = field("Seccomp")?.parse().with_context(|| format!("thread {tid}: Seccomp"))?;
-    if !std::ptr::eq(t, leader) {
-        t.share_gadgets(leader)?;
-    }
-    let securebits = t.remote_syscall_guarded(NR_PRCTL, [PR_GET_SECUREBITS, 0, 0, 0, 0, 0])?;
+    let securebits = match securebits {
+        Some(b) => b as i64,
+        None => {
+            if !std::ptr::eq(t, leader) {
+                t.share_gadgets(leader)?;
+            }
+            t.remote_syscall_guarded(NR_PRCTL, [PR_GET_SECUREBITS, 0, 0, 0, 0, 0])?
+        }
+    };
     if securebits < 0 {
         bail!("PR_GET_SECUREBITS in thread {tid}: {}", std::io::Error::from_raw_os_error(-securebits as i32));
     }

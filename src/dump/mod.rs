@@ -215,7 +215,7 @@ fn collect(t: &Tracee, p: &mut Parasite, shared: &mut DumpCx, is_root: bool) -> 
     let exe_id = shared.files.add_shared(pb::RegFile { flags: libc::O_RDONLY as u32, ..exe });
     let brk = misc.brk;
     let mm = mm::dump::mm_fields(&st, brk, mm::dump::auxv(pid)?, exe_id, vmas);
-    let fds = stats::time(Phase::Fds, || files::fds::dump_fds(pid, task_fds(p, pid)?, shared))?;
+    let fds = stats::time(Phase::Fds, || dump_task_fds(p, pid, shared))?;
     let fs = files::fs::dump(pid, &status)?;
     Ok(Collected { core, mm, fds, fs })
 }
@@ -246,6 +246,8 @@ fn collect_thread(t: &Tracee, p: &mut Parasite) -> Result<pb::ThreadCore> {
         robust_list,
         robust_list_len,
         pending: Vec::new(),
+        // Only the securebits for now: creds::dump::collect fills the rest.
+        creds: Some(pb::Creds { securebits: misc.securebits, ..Default::default() }),
         ..Default::default()
     })
 }
@@ -285,14 +287,22 @@ fn collect_core(t: &Tracee, saved: &parasite::Saved, st: &proc::Stat, misc: &Tas
     })
 }
 
-/// The task's own fds (not the parasite's), each with a copy of its open
-/// file passed back by the parasite.
-fn task_fds(p: &mut Parasite, pid: i32) -> Result<Vec<(i32, std::fs::File)>> {
+/// The task's own fds (not the parasite's), described: the parasite
+/// passes copies of their open files over in batches, each described (and
+/// its duplicates dropped) before the next, so rcr never holds two copies
+/// of a tree's worth of fds.
+fn dump_task_fds(p: &mut Parasite, pid: i32, shared: &mut DumpCx) -> Result<Vec<pb::FdEntry>> {
+    const BATCH: usize = 512;
     let skip = p.task_fds();
     let fds: Vec<i32> = proc::fds(pid)?.into_iter().filter(|fd| !skip.contains(fd)).collect();
-    files::fds::precheck(pid, &fds)?;
-    let files = p.take_fds(&fds)?;
-    Ok(fds.into_iter().zip(files.into_iter().map(std::fs::File::from)).collect())
+    let links = files::fds::precheck(pid, &fds)?;
+    let mut out = Vec::with_capacity(fds.len());
+    for (nums, links) in fds.chunks(BATCH).zip(links.chunks(BATCH)) {
+        let files = p.take_fds(nums)?.into_iter().map(std::fs::File::from);
+        let batch = nums.iter().zip(links).zip(files).map(|((&fd, l), f)| (fd, l.clone(), f)).collect();
+        out.extend(files::fds::dump_fds(pid, batch, shared)?);
+    }
+    Ok(out)
 }
 
 fn itimer(v: ITimerVal) -> Option<pb::ITimer> {
@@ -356,10 +366,12 @@ fn write_images(pid: u32, dir: &ImageDir, c: &Collected, pagemap: &[pb::PagemapE
     dir.write_one(Kind::Fs, pid, &c.fs)
 }
 
-/// The images of the tree as a whole; the inventory last.
+/// The images of the tree as a whole; the inventory last, once every
+/// other file is on disk (and it too before the tree is killed).
 fn write_tree_images(dir: &ImageDir, root: i32, pstree: &[pb::PstreeEntry], shared: &DumpCx, xsave_size: usize) -> Result<()> {
     files::fds::write_images(dir, shared)?;
     dir.write_all(Kind::Pstree, None, pstree)?;
+    dir.sync()?;
     let inv = pb::Inventory {
         format_version: FORMAT_VERSION,
         root_pid: root as u32,
@@ -372,5 +384,6 @@ fn write_tree_images(dir: &ImageDir, root: i32, pstree: &[pb::PstreeEntry], shar
         xcr0: arch::xcr0(),
         network_lock: shared.inet.lock.as_ref().and_then(NetLock::table).unwrap_or_default().to_string(),
     };
-    dir.write_one(Kind::Inventory, None, &inv)
+    dir.write_one(Kind::Inventory, None, &inv)?;
+    dir.sync()
 }

@@ -10,9 +10,10 @@
 //! its link and a sentence.
 //!
 //! Restore: rcr creates every description before forking the tree
-//! ([`create_all`], each kind's `create`), at fd numbers above all the
-//! tree's; every process inherits them all, dups its own to their numbers
-//! ([`place`]), runs the per-process steps that need its fd numbers
+//! ([`create_all`], each kind's `create`), each at its own fd number in
+//! the tree where it can (so a tree using most of rcr's fd limit fits),
+//! else above all the tree's numbers; every process inherits them all,
+//! dups its own to their numbers ([`place`]), runs the per-process steps that need its fd numbers
 //! ([`after_fds`]: timers armed, epoll registrations) and closes the rest. So what was
 //! shared is shared again: offsets, status flags, pipe buffers, sockets.
 use super::pipe::PipeTable;
@@ -125,7 +126,9 @@ pub struct DumpCx {
     pub descs: Vec<FileDesc>,
     /// rcr's copy of each description, same index as `descs` (for kcmp).
     held: Vec<File>,
-    /// Indices into `descs` by (st_dev, st_ino) of the file.
+    /// Indices into `descs` by (st_dev, st_ino) of the file, each list in
+    /// kcmp order of the descriptions (all anonymous inodes share one
+    /// inode number: a binary search keeps the dedupe O(log n) kcmp calls).
     by_inode: HashMap<(u64, u64), Vec<usize>>,
     pub pipes: PipeTable,
     pub unix: unix::Table,
@@ -145,55 +148,69 @@ pub struct DumpCx {
 }
 
 impl DumpCx {
-    /// The id of the description `file` refers to, if already recorded.
-    fn find(&self, file: &File, key: (u64, u64)) -> Result<Option<u32>> {
-        for &i in self.by_inode.get(&key).map(Vec::as_slice).unwrap_or_default() {
-            if crate::sys::same_description(self.held[i].as_raw_fd(), file.as_raw_fd()).context("kcmp")? {
-                return Ok(Some(self.descs[i].id));
+    /// Where the description `file` refers to is (Ok: the id of the
+    /// recorded one) or would go (Err: its place in the inode's list).
+    fn find(&self, file: &File, key: (u64, u64)) -> Result<std::result::Result<u32, usize>> {
+        let list = self.by_inode.get(&key).map(Vec::as_slice).unwrap_or_default();
+        let (mut lo, mut hi) = (0, list.len());
+        while lo < hi {
+            let mid = (lo + hi) / 2;
+            let i = list[mid];
+            match crate::sys::order_descriptions(self.held[i].as_raw_fd(), file.as_raw_fd()).context("kcmp")? {
+                std::cmp::Ordering::Equal => return Ok(Ok(self.descs[i].id)),
+                std::cmp::Ordering::Less => lo = mid + 1,
+                std::cmp::Ordering::Greater => hi = mid,
             }
         }
-        Ok(None)
+        Ok(Err(lo))
     }
 
-    fn add(&mut self, mut d: FileDesc, file: File, key: (u64, u64)) -> u32 {
+    /// Records a new description at `place` (from [`DumpCx::find`]).
+    fn add(&mut self, mut d: FileDesc, file: File, key: (u64, u64), place: usize) -> u32 {
         d.id = self.descs.len() as u32 + 1;
-        self.by_inode.entry(key).or_default().push(self.descs.len());
+        self.by_inode.entry(key).or_default().insert(place, self.descs.len());
         self.descs.push(d);
         self.held.push(file);
         self.descs.len() as u32
     }
 }
 
-/// Refuses, before the parasite sends them over, fds it cannot send:
+/// The /proc link of each fd of `fds`, read once for the whole dump;
+/// refuses, before the parasite sends them over, fds it cannot send:
 /// io_uring instances (the kernel refuses them in SCM_RIGHTS).
-pub fn precheck(pid: i32, fds: &[i32]) -> Result<()> {
+pub fn precheck(pid: i32, fds: &[i32]) -> Result<Vec<String>> {
+    let mut links = Vec::with_capacity(fds.len());
     for &fd in fds {
         let link = std::fs::read_link(proc::path(pid, &format!("fd/{fd}"))).map(|t| t.to_string_lossy().into_owned()).unwrap_or_default();
         if link == "anon_inode:[io_uring]" {
             bail!("pid {pid} fd {fd} ({link}): it is an io_uring instance (its rings and pending requests cannot be carried); rcr cannot carry it");
         }
+        links.push(link);
     }
-    Ok(())
+    Ok(links)
 }
 
-/// Describes the fds `fds` of `pid`, each with its open file as the task
-/// holds it; fails on the first fd rcr cannot carry.
-pub fn dump_fds(pid: i32, fds: Vec<(i32, File)>, cx: &mut DumpCx) -> Result<Vec<FdEntry>> {
+/// Describes the fds `fds` of `pid` (number, /proc link from [`precheck`],
+/// the open file as the task holds it); fails on the first fd rcr cannot
+/// carry.
+pub fn dump_fds(pid: i32, fds: Vec<(i32, String, File)>, cx: &mut DumpCx) -> Result<Vec<FdEntry>> {
     let mut out = Vec::with_capacity(fds.len());
-    for (fd, file) in fds {
+    for (fd, link, file) in fds {
         let info = proc::fdinfo(pid, fd)?;
         let cloexec = info.flags & libc::O_CLOEXEC as u32 != 0;
         let md = file.metadata().with_context(|| format!("pid {pid} fd {fd}: fstat"))?;
         let key = (md.dev(), md.ino());
-        if let Some(desc_id) = cx.find(&file, key)? {
-            out.push(FdEntry { fd: fd as u32, cloexec, desc_id });
-            continue;
-        }
-        let link = std::fs::read_link(proc::path(pid, &format!("fd/{fd}"))).map(|t| t.to_string_lossy().into_owned()).unwrap_or_default();
+        let place = match cx.find(&file, key)? {
+            Ok(desc_id) => {
+                out.push(FdEntry { fd: fd as u32, cloexec, desc_id });
+                continue;
+            }
+            Err(place) => place,
+        };
         let f = Fd { pid, fd, link, file: &file, md, info };
         let kind = dump_kind(&f, cx)?;
         let desc = FileDesc { id: 0, flags: f.flags(), pos: f.info.pos, link: f.link.clone(), kind: Some(kind) };
-        let desc_id = cx.add(desc, file, key);
+        let desc_id = cx.add(desc, file, key, place);
         out.push(FdEntry { fd: fd as u32, cloexec, desc_id });
     }
     Ok(out)
@@ -331,10 +348,13 @@ pub struct CreateCx<'a> {
 }
 
 /// Creates every description (in rcr, before forking the tree), with its
-/// status flags, each at an inheritable fd number >= `min`. `mem`: the
-/// inodes [`memfd::create_inodes`] recreated. Also returns rcr's copies of
-/// the established TCP connections, in repair mode until the tree runs.
-pub fn create_all(images: &Images, files: &FileTable, mem: &HashMap<u32, RawFd>, min: RawFd) -> Result<(HashMap<u32, RawFd>, inet::Repaired)> {
+/// status flags. Each goes to its `homes` number (its fd number in a
+/// process of the tree; [`homes`]) when rcr can make it free, so a tree
+/// with as many fds as rcr's limit allows still fits, else to an
+/// inheritable number >= `min`. `mem`: the inodes [`memfd::create_inodes`]
+/// recreated. Also returns rcr's copies of the established TCP connections,
+/// in repair mode until the tree runs.
+pub fn create_all(images: &Images, files: &FileTable, mem: &HashMap<u32, RawFd>, min: RawFd, homes: &HashMap<u32, RawFd>) -> Result<(HashMap<u32, RawFd>, inet::Repaired)> {
     let mut cx = CreateCx { images, files, mem, out: HashMap::new(), tcp: inet::Repaired::default() };
     let of = |c: fn(&Kind) -> bool| -> Vec<&FileDesc> { images.descs.iter().filter(|d| d.kind.as_ref().is_some_and(c)).collect() };
     reg::create(&of(|k| matches!(k, Kind::RegFileId(_))), &mut cx)?;
@@ -352,13 +372,71 @@ pub fn create_all(images: &Images, files: &FileTable, mem: &HashMap<u32, RawFd>,
     tty::pty::create(&of(|k| matches!(k, Kind::Pty(_))), &mut cx)?;
     tty::shell::create(&of(|k| matches!(k, Kind::Terminal(_))), &mut cx)?;
     let mut out = HashMap::with_capacity(images.descs.len());
+    let mut pending = Pending { at: cx.out.iter().map(|(&id, fd)| (fd.as_raw_fd(), id)).collect(), fds: std::mem::take(&mut cx.out) };
     for d in &images.descs {
         let what = || format!("fds.img: description {} ({})", d.id, d.link);
-        let fd = cx.out.remove(&d.id).ok_or_else(|| anyhow!("{}: was not created", what()))?;
+        let fd = pending.take(d.id).ok_or_else(|| anyhow!("{}: was not created", what()))?;
         set_flags(&fd, d.flags).with_context(what)?;
-        out.insert(d.id, crate::sys::move_above(fd, min).with_context(what)?);
+        let fd = match homes.get(&d.id) {
+            Some(&home) => pending.place_home(fd, home).with_context(what)?,
+            None => Err(fd),
+        };
+        let n = match fd {
+            Ok(n) => n,
+            Err(fd) => crate::sys::move_above(fd, min).with_context(what)?,
+        };
+        out.insert(d.id, n);
     }
     Ok((out, cx.tcp))
+}
+
+/// The preferred fd number of each description: its number in the first
+/// process (in `fds`, process by process) that holds it at a number no
+/// other description took.
+pub fn homes<'a>(fds: impl Iterator<Item = &'a FdEntry>) -> HashMap<u32, RawFd> {
+    let mut homes = HashMap::new();
+    let mut taken = std::collections::HashSet::new();
+    for e in fds {
+        if !homes.contains_key(&e.desc_id) && taken.insert(e.fd as RawFd) {
+            homes.insert(e.desc_id, e.fd as RawFd);
+        }
+    }
+    homes
+}
+
+/// Created descriptions not placed yet, by id and by the number they
+/// sit at for now.
+struct Pending {
+    fds: HashMap<u32, OwnedFd>,
+    at: HashMap<RawFd, u32>,
+}
+
+impl Pending {
+    fn take(&mut self, id: u32) -> Option<OwnedFd> {
+        let fd = self.fds.remove(&id)?;
+        self.at.remove(&fd.as_raw_fd());
+        Some(fd)
+    }
+
+    /// Puts `fd` at `home` if that is its number, is free, or holds a
+    /// description not placed yet (which moves to the lowest free number);
+    /// gives `fd` back if rcr holds `home` for something else.
+    fn place_home(&mut self, fd: OwnedFd, home: RawFd) -> Result<std::result::Result<RawFd, OwnedFd>> {
+        if fd.as_raw_fd() == home {
+            return Ok(Ok(std::os::fd::IntoRawFd::into_raw_fd(fd)));
+        }
+        if let Some(&other) = self.at.get(&home) {
+            let held = self.take(other).context("a pending description vanished")?;
+            let moved = held.try_clone().with_context(|| format!("moving description {other} off fd {home}"))?;
+            drop(held);
+            self.at.insert(moved.as_raw_fd(), other);
+            self.fds.insert(other, moved);
+        }
+        if crate::sys::fd_is_open(home) {
+            return Ok(Err(fd));
+        }
+        Ok(Ok(crate::sys::dup_onto(fd, home).with_context(|| format!("dup3 onto fd {home}"))?))
+    }
 }
 
 /// Gives a created file the saved status flags F_SETFL can set, where
@@ -374,12 +452,38 @@ fn set_flags(fd: &OwnedFd, saved: u32) -> Result<()> {
 
 /// In a restore child: puts each saved fd at its number, from the
 /// descriptions rcr created (`created`, by id), with its close-on-exec bit.
+/// A description that sits at a number this process gives to another one
+/// is first copied above all of its numbers.
 pub fn place(fds: &[FdEntry], created: &HashMap<u32, RawFd>) -> Result<()> {
+    let target: HashMap<RawFd, u32> = fds.iter().map(|e| (e.fd as RawFd, e.desc_id)).collect();
+    let above = fds.iter().map(|e| e.fd as RawFd + 1).max().unwrap_or(0);
+    let mut from: HashMap<u32, RawFd> = HashMap::with_capacity(fds.len());
+    let mut aside = Vec::new();
     for e in fds {
-        let what = || format!("fd {}", e.fd);
-        let &from = created.get(&e.desc_id).ok_or_else(|| anyhow!("{}: description {} was not created", what(), e.desc_id))?;
-        crate::sys::dup_to(from, e.fd as RawFd, e.cloexec).with_context(|| format!("{}: placing description {}", what(), e.desc_id))?;
+        if from.contains_key(&e.desc_id) {
+            continue;
+        }
+        let &src = created.get(&e.desc_id).ok_or_else(|| anyhow!("fd {}: description {} was not created", e.fd, e.desc_id))?;
+        let src = match target.get(&src) {
+            Some(&other) if other != e.desc_id => {
+                let n = crate::sys::dup_above(src, above).with_context(|| format!("copying description {} off fd {src}", e.desc_id))?;
+                aside.push(n);
+                n
+            }
+            _ => src,
+        };
+        from.insert(e.desc_id, src);
     }
+    for e in fds {
+        let src = from[&e.desc_id];
+        let what = || format!("fd {}: placing description {}", e.fd, e.desc_id);
+        if src == e.fd as RawFd {
+            crate::sys::set_cloexec(src, e.cloexec).with_context(what)?;
+        } else {
+            crate::sys::dup_to(src, e.fd as RawFd, e.cloexec).with_context(what)?;
+        }
+    }
+    aside.into_iter().for_each(crate::sys::close);
     Ok(())
 }
 

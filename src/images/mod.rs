@@ -24,6 +24,7 @@ use anyhow::{bail, Context, Result};
 use prost::Message;
 use std::fs::File;
 use std::io::{BufReader, BufWriter, Read, Write};
+use std::os::fd::AsRawFd;
 use std::path::{Path, PathBuf};
 
 /// Version of the image format this build writes and reads.
@@ -123,19 +124,36 @@ impl Kind {
 #[derive(Clone, Debug)]
 pub struct ImageDir {
     pub path: PathBuf,
+    /// Files written whose writeback was started but not waited for;
+    /// [`ImageDir::sync`] makes them durable all at once (one fdatasync
+    /// each per file cost a journal commit per file: 3-5 ms each here, six
+    /// files per process).
+    unsynced: std::sync::Arc<std::sync::Mutex<Vec<PathBuf>>>,
 }
 
 impl ImageDir {
     pub fn create(path: &Path) -> Result<Self> {
         std::fs::create_dir_all(path).with_context(|| format!("creating image directory {}", path.display()))?;
-        Ok(Self { path: path.to_path_buf() })
+        Ok(Self { path: path.to_path_buf(), unsynced: Default::default() })
     }
 
     pub fn open(path: &Path) -> Result<Self> {
         if !path.join("inventory.img").exists() {
             bail!("{} is not an rcr image set (no inventory.img)", path.display());
         }
-        Ok(Self { path: path.to_path_buf() })
+        Ok(Self { path: path.to_path_buf(), unsynced: Default::default() })
+    }
+
+    /// Waits until every file written so far is on disk (fdatasync each;
+    /// their writeback started when they were written, so the waits
+    /// overlap and share journal commits).
+    pub fn sync(&self) -> Result<()> {
+        let paths = std::mem::take(&mut *self.unsynced.lock().map_err(|_| anyhow::anyhow!("image sync list poisoned"))?);
+        for p in paths {
+            let f = File::open(&p).with_context(|| format!("opening {} to sync it", p.display()))?;
+            f.sync_data().with_context(|| format!("syncing {}", p.display()))?;
+        }
+        Ok(())
     }
 
     pub fn file(&self, kind: Kind, pid: Option<u32>) -> PathBuf {
@@ -152,7 +170,9 @@ impl ImageDir {
         for m in msgs {
             w.push(m)?;
         }
-        w.finish().with_context(|| format!("writing {}", path.display()))
+        w.finish().with_context(|| format!("writing {}", path.display()))?;
+        self.unsynced.lock().map_err(|_| anyhow::anyhow!("image sync list poisoned"))?.push(path);
+        Ok(())
     }
 
     pub fn write_one<M: Message>(&self, kind: Kind, pid: Option<u32>, msg: &M) -> Result<()> {
@@ -222,9 +242,11 @@ impl ImageWriter {
         Ok(())
     }
 
+    /// Flushes the entries and starts their writeback; the caller makes
+    /// the file durable later ([`ImageDir::sync`]).
     pub fn finish(self) -> Result<()> {
         let f = self.w.into_inner().map_err(|e| e.into_error())?;
-        f.sync_data()?;
+        crate::sys::start_writeback(f.as_raw_fd())?;
         Ok(())
     }
 }

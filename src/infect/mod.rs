@@ -374,9 +374,22 @@ impl Tracee {
     /// [`Tracee::remote_syscall`] through its vDSO, whose few microseconds
     /// between setting and restoring registers are not covered.
     pub fn remote_syscall_guarded(&self, nr: u64, args: [u64; 6]) -> Result<i64> {
+        Ok(self.remote_syscalls_guarded(&[(nr, args)])?[0])
+    }
+
+    /// Several syscalls in one guarded chain (see
+    /// [`Tracee::remote_syscall_guarded`]): at each syscall's exit stop rcr
+    /// points the task at the `syscall; ret` again with the next call's
+    /// registers; the last `ret` goes to the rt_sigreturn stub. If rcr dies
+    /// anywhere in the chain, the task finishes the call it is in and
+    /// returns to its own state. Two stops per extra call instead of a
+    /// whole guarded call each. Returns the results in order.
+    pub fn remote_syscalls_guarded(&self, calls: &[(u64, [u64; 6])]) -> Result<Vec<i64>> {
         use crate::arch::cur::{self as arch, sigframe};
+        let Some(&(nr, args)) = calls.first() else { return Ok(Vec::new()) };
         let Some(g) = self.gadgets()? else {
-            return self.remote_syscall(vdso_syscall_insn(self.pid)?, nr, args);
+            let insn = vdso_syscall_insn(self.pid)?;
+            return calls.iter().map(|&(nr, args)| self.remote_syscall(insn, nr, args)).collect();
         };
         let saved = Saved::read(self)?;
         let (regs, xsave, mask) = (saved.regs, &saved.xsave, saved.sigmask);
@@ -399,7 +412,7 @@ impl Tracee {
         // Registers before the mask: from here on the task returns to its
         // own state (mask included) by itself.
         self.set_regs(&r)?;
-        let result = self.set_sigmask(u64::MAX).and_then(|()| self.run_guarded_chain(nr));
+        let result = self.set_sigmask(u64::MAX).and_then(|()| self.run_guarded_chain(calls, g.syscall_ret));
         if result.is_err() {
             // rcr is alive: put everything back directly.
             saved.write(self)?;
@@ -409,21 +422,31 @@ impl Tracee {
         result
     }
 
-    /// Steps through the syscall and the rt_sigreturn after it; returns the
-    /// syscall's result.
-    fn run_guarded_chain(&self, nr: u64) -> Result<i64> {
+    /// Steps through the syscalls (the first set up by the caller, each
+    /// next one at `syscall_ret` from the previous one's exit stop) and the
+    /// rt_sigreturn after them; returns the syscalls' results.
+    fn run_guarded_chain(&self, calls: &[(u64, [u64; 6])], syscall_ret: u64) -> Result<Vec<i64>> {
         const NR_RT_SIGRETURN: u64 = 15;
-        self.step_syscall()?;
-        crate::fault::point("inside a guarded remote syscall");
-        self.step_syscall()?;
-        let result = self.get_regs()?.rax as i64;
+        let mut results = Vec::with_capacity(calls.len());
+        for (i, &(nr, _)) in calls.iter().enumerate() {
+            self.step_syscall()?;
+            crate::fault::point("inside a guarded remote syscall");
+            self.step_syscall()?;
+            let mut r = self.get_regs()?;
+            results.push(r.rax as i64);
+            let Some(&(next, a)) = calls.get(i + 1) else { break };
+            // Registers first, then rip: the task runs `syscall; ret` again.
+            (r.rip, r.rax, r.rdi, r.rsi, r.rdx, r.r10, r.r8, r.r9) = (syscall_ret, next, a[0], a[1], a[2], a[3], a[4], a[5]);
+            self.set_regs(&r).with_context(|| format!("pid {}: chaining syscall {next} after {nr}", self.pid))?;
+        }
         self.step_syscall()?;
         let r = self.get_regs()?;
         if r.orig_rax != NR_RT_SIGRETURN {
-            bail!("pid {}: after syscall {nr}, expected rt_sigreturn, got syscall {}", self.pid, r.orig_rax as i64);
+            let last = calls.last().map_or(0, |c| c.0);
+            bail!("pid {}: after syscall {last}, expected rt_sigreturn, got syscall {}", self.pid, r.orig_rax as i64);
         }
         self.step_syscall()?;
-        Ok(result)
+        Ok(results)
     }
 
     /// The task's `syscall; ret` and rt_sigreturn stub, found once.
@@ -556,25 +579,51 @@ pub struct Gadgets {
 
 /// Looks for [`Gadgets`] in the task's file-backed executable mappings.
 fn find_gadgets(pid: i32) -> Result<Option<Gadgets>> {
-    const SYSCALL_RET: &[u8] = &[0x0f, 0x05, 0xc3];
-    const RESTORE_RT: &[u8] = &[0x48, 0xc7, 0xc0, 0x0f, 0x00, 0x00, 0x00, 0x0f, 0x05];
     let (mut syscall_ret, mut sigreturn) = (None, None);
     for m in crate::proc::maps(pid)? {
         if m.perms != "r-xp" || m.inode == 0 || m.end - m.start > 64 << 20 {
             continue;
         }
-        let mut code = vec![0u8; (m.end - m.start) as usize];
-        if read_memory(pid, m.start, &mut code).is_err() {
-            continue;
-        }
-        let find = |pat: &[u8]| code.windows(pat.len()).position(|w| w == pat).map(|o| m.start + o as u64);
-        syscall_ret = syscall_ret.or_else(|| find(SYSCALL_RET));
-        sigreturn = sigreturn.or_else(|| find(RESTORE_RT));
+        let found = gadgets_in(pid, &m);
+        syscall_ret = syscall_ret.or(found.0.map(|o| m.start + o));
+        sigreturn = sigreturn.or(found.1.map(|o| m.start + o));
         if let (Some(syscall_ret), Some(sigreturn)) = (syscall_ret, sigreturn) {
             return Ok(Some(Gadgets { syscall_ret, sigreturn }));
         }
     }
     Ok(None)
+}
+
+const SYSCALL_RET: &[u8] = &[0x0f, 0x05, 0xc3];
+const RESTORE_RT: &[u8] = &[0x48, 0xc7, 0xc0, 0x0f, 0x00, 0x00, 0x00, 0x0f, 0x05];
+
+/// Where in mapping `m` of `pid` the two gadgets start (offsets from its
+/// start). The processes of a tree map the same libraries: results are
+/// kept by (device, inode, file offset, length) and a hit is checked by
+/// reading the gadget bytes, so each library is scanned once per dump.
+fn gadgets_in(pid: i32, m: &crate::proc::MapEntry) -> (Option<u64>, Option<u64>) {
+    type Key = (u32, u32, u64, u64, u64);
+    type Found = (Option<u64>, Option<u64>);
+    static CACHE: std::sync::Mutex<Option<std::collections::HashMap<Key, Found>>> = std::sync::Mutex::new(None);
+    let key = (m.dev_major, m.dev_minor, m.inode, m.offset, m.end - m.start);
+    let at = |o: Option<u64>, pat: &[u8]| {
+        let mut b = vec![0u8; pat.len()];
+        o.is_none_or(|o| read_memory(pid, m.start + o, &mut b).is_ok() && b == pat)
+    };
+    let cached = CACHE.lock().ok().and_then(|c| c.as_ref().and_then(|c| c.get(&key).copied()));
+    if let Some(found) = cached.filter(|f| at(f.0, SYSCALL_RET) && at(f.1, RESTORE_RT)) {
+        return found;
+    }
+    let mut code = vec![0u8; (m.end - m.start) as usize];
+    if read_memory(pid, m.start, &mut code).is_err() {
+        return (None, None);
+    }
+    let find = |pat: &[u8]| code.windows(pat.len()).position(|w| w == pat).map(|o| o as u64);
+    let found = (find(SYSCALL_RET), find(RESTORE_RT));
+    if let Ok(mut c) = CACHE.lock() {
+        c.get_or_insert_with(Default::default).insert(key, found);
+    }
+    found
 }
 
 /// Writes `data` at `addr` of another process (process_vm_writev).

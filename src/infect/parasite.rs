@@ -116,6 +116,9 @@ pub struct ThreadMisc {
     pub altstack_flags: u32,
     pub altstack_size: u64,
     pub tid_address: u64,
+    /// PR_GET_SECUREBITS (read here, in the same chain, to spare the
+    /// credentials dump a guarded call of its own per thread).
+    pub securebits: u32,
 }
 
 /// A parasite running inside a seized task.
@@ -359,26 +362,27 @@ impl<'t> Parasite<'t> {
     }
 
     /// What only a thread itself can read, for `t`, another (seized,
-    /// stopped) thread of the infected process: its sigaltstack and its
-    /// clear_child_tid address. Two guarded remote syscalls in `t` write
-    /// them into the data area, idle between commands.
+    /// stopped) thread of the infected process: its sigaltstack, its
+    /// clear_child_tid address and its securebits. One guarded chain of
+    /// remote syscalls in `t` writes the first two into the data area,
+    /// idle between commands.
     pub fn thread_misc(&mut self, t: &Tracee) -> Result<ThreadMisc> {
         const NR_SIGALTSTACK: u64 = 131;
         const NR_PRCTL: u64 = 157;
         const PR_GET_TID_ADDRESS: u64 = 40;
+        const PR_GET_SECUREBITS: u64 = 27;
         t.share_gadgets(self.t)?;
         let scratch = self.start + self.layout.data;
-        let r = t.remote_syscall_guarded(NR_SIGALTSTACK, [0, scratch, 0, 0, 0, 0])?;
-        if r < 0 {
-            bail!("sigaltstack in thread {}: {}", t.pid(), errno(r));
-        }
-        let r = t.remote_syscall_guarded(NR_PRCTL, [PR_GET_TID_ADDRESS, scratch + 64, 0, 0, 0, 0])?;
-        if r < 0 {
-            bail!("PR_GET_TID_ADDRESS in thread {}: {}", t.pid(), errno(r));
+        let calls = [(NR_SIGALTSTACK, [0, scratch, 0, 0, 0, 0]), (NR_PRCTL, [PR_GET_TID_ADDRESS, scratch + 64, 0, 0, 0, 0]), (NR_PRCTL, [PR_GET_SECUREBITS, 0, 0, 0, 0, 0])];
+        let r = t.remote_syscalls_guarded(&calls)?;
+        for (what, &r) in ["sigaltstack", "PR_GET_TID_ADDRESS", "PR_GET_SECUREBITS"].iter().zip(&r) {
+            if r < 0 {
+                bail!("{what} in thread {}: {}", t.pid(), errno(r));
+            }
         }
         let b = self.local.bytes(self.layout.data, 72);
         let word = |at: usize| u64::from_le_bytes(b[at..at + 8].try_into().unwrap_or_default());
-        Ok(ThreadMisc { altstack_sp: word(0), altstack_flags: word(8) as u32, altstack_size: word(16), tid_address: word(64) })
+        Ok(ThreadMisc { altstack_sp: word(0), altstack_flags: word(8) as u32, altstack_size: word(16), tid_address: word(64), securebits: r[2] as u32 })
     }
 
     /// All 64 signal actions, signal n at index n-1.

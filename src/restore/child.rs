@@ -157,7 +157,7 @@ fn prepare(l: &Loaded, files: &FileTable, fd_images: &files::fds::Images, region
     files::fds::after_fds(l.core.pid as i32, &l.fds, fd_images)?;
     crate::sys::lower_nofile();
     open_mapping_fds(l, files, region, inherited)?;
-    inherited.close_all();
+    inherited.close_all_except(&l.fds);
     nix::sys::prctl::set_name(&std::ffi::CString::new(l.core.comm.as_bytes()).unwrap_or_default()).context("PR_SET_NAME")?;
     restore_sigactions(&l.core)?;
     restore_task_flags(&l.core)?;

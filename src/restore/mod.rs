@@ -105,7 +105,8 @@ pub struct Tree {
 }
 
 /// What rcr creates before forking, inherited by every restored process
-/// at fd numbers above all of theirs: the open file descriptions by id
+/// (open file descriptions at their own fd numbers where rcr could, the
+/// rest at fd numbers above all of the tree's): the open file descriptions by id
 /// (fds.img), shared anonymous memory objects by their saved inode, the
 /// inodes of memfds and deleted files by their id (memfiles.img).
 #[derive(Debug, Default)]
@@ -125,7 +126,8 @@ impl Inherited {
         for (id, fd) in crate::files::memfd::create_inodes(&tree.fd_images.mem_files)? {
             mem.insert(id, crate::sys::move_above(fd, min)?);
         }
-        let descs = crate::files::fds::create_all(&tree.fd_images, &tree.files, &mem, min);
+        let homes = crate::files::fds::homes(live().flat_map(|l| l.fds.iter()));
+        let descs = crate::files::fds::create_all(&tree.fd_images, &tree.files, &mem, min, &homes);
         let (descs, tcp) = descs.inspect_err(|_| mem.values().for_each(|&fd| crate::sys::close(fd)))?;
         let mut sizes: HashMap<u64, u64> = HashMap::new();
         for l in live() {
@@ -148,7 +150,14 @@ impl Inherited {
     }
 
     pub fn close_all(&self) {
-        for fd in self.fds() {
+        self.close_all_except(&[]);
+    }
+
+    /// In a restore child: closes what it inherited, but not `keep` (its
+    /// own fd numbers, where a description may have been created at).
+    pub fn close_all_except(&self, keep: &[pb::FdEntry]) {
+        let keep: std::collections::HashSet<RawFd> = keep.iter().map(|e| e.fd as RawFd).collect();
+        for fd in self.fds().into_iter().filter(|fd| !keep.contains(fd)) {
             crate::sys::close(fd);
         }
     }

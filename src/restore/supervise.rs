@@ -5,12 +5,14 @@
 //! ```text
 //! each process:  forked ─► barrier 1 ─► barrier 2 ─► prepare ─► blob ─► report ─► rt_sigreturn
 //! each zombie:   forked ─► barrier 1 ─► barrier 2 ─► exits with its status
-//! each thread:             (created by the blob) ─► setup ─► waits for go ─► rt_sigreturn
+//! each thread:             (created by the blob) ─► setup ─► waits for go ─► int3 ─► rt_sigreturn
 //! ```
 //!
 //! Nobody passes a barrier until every process reached it; no process
 //! returns into its saved state until every blob has reported and every
-//! zombie is dead. Then every task stops at the exit of its rt_sigreturn;
+//! zombie is dead. Then every task stops at the exit of its rt_sigreturn
+//! (leaders are followed syscall by syscall from their report; threads
+//! run free until an `int3` right before it, then rcr steps them through);
 //! rcr unmaps each bootstrap region from outside (one injected munmap per
 //! process), puts the saved signal masks in place, and detaches them all.
 use super::child::{BARRIER_GROUPED, BARRIER_MAGIC};
@@ -130,6 +132,7 @@ impl Supervisor<'_> {
                 Stop::Interrupt => self.born(tid, leader)?,
                 Stop::Event(_) => self.tracee(tid)?.cont(0)?,
                 Stop::Signal(libc::SIGTRAP) if leader && phase != Phase::Dying => self.trapped(tid, pi)?,
+                Stop::Signal(libc::SIGTRAP) if !leader => self.thread_returns(tid)?,
                 Stop::Signal(sig) if phase == Phase::Dying => self.tracee(tid)?.cont(sig)?,
                 Stop::Signal(sig) => bail!("pid {} got signal {sig} during the restore", self.pid_of(tid)),
                 Stop::Syscall => self.syscall_stop(tid)?,
@@ -143,15 +146,27 @@ impl Supervisor<'_> {
         Ok(())
     }
 
-    /// A task's first stop (auto-attached): processes run freely until
-    /// their next `int3`, threads are followed syscall by syscall.
-    fn born(&mut self, tid: i32, leader: bool) -> Result<()> {
-        let t = self.tracees.entry(tid).or_insert_with(|| Tracee::adopt(tid));
-        if leader {
-            t.cont(0)
-        } else {
-            t.cont_syscall(0)
+    /// A task's first stop (auto-attached): it runs freely until its next
+    /// `int3` (a leader's barrier or report, a thread's last stop).
+    fn born(&mut self, tid: i32, _leader: bool) -> Result<()> {
+        self.tracees.entry(tid).or_insert_with(|| Tracee::adopt(tid)).cont(0)
+    }
+
+    /// A thread at its `int3` right before rt_sigreturn: stepped through
+    /// it (entry, exit) here, it stays stopped in its saved state.
+    fn thread_returns(&mut self, tid: i32) -> Result<()> {
+        let t = self.tracee(tid)?;
+        let rax = t.get_regs()?.rax;
+        if rax != rcr_abi::THREAD_RETURN_MAGIC {
+            bail!("thread {tid} of pid {} stopped at an unexpected int3 (rax {rax:#x})", self.pid_of(tid));
         }
+        t.step_syscall()?;
+        if t.syscall_entry()? != Some(NR_RT_SIGRETURN) {
+            bail!("thread {tid} of pid {}: expected rt_sigreturn after its last int3", self.pid_of(tid));
+        }
+        t.step_syscall()?;
+        self.set(tid, Phase::Returned);
+        Ok(())
     }
 
     /// An `int3` of a leader: a barrier, or its blob's report.

@@ -11,8 +11,8 @@
  *   fd 55: shared.dat O_DIRECT if the filesystem allows it (else a note);
  *   fd 56: DIR/append.log O_WRONLY|O_APPEND, shared with the child;
  *   fds 57-59: /dev/null (write), /dev/urandom, /dev/zero (read).
- *   A pipe (parent -> child) orders the checks after go; another (child ->
- *   parent, closed before READY) holds READY until the child is set up.
+ *   A pipe (parent -> child) orders the checks after go; another (child
+ *   -> parent) holds READY back until the child's fds are set up.
  * After go: the parent checks its offsets (50 and 51 at 1000), reads 10
  * bytes through fd 51 (offset 1010 for all three fds) and tells the child;
  * the child checks that its fd 50 moved to 1010 with the parent's read,
@@ -86,17 +86,17 @@ static void common_checks(const char *who, int direct)
 		fail("%s: /dev/null, /dev/urandom or /dev/zero misbehave", who);
 }
 
-static int child_main(int rd, int done, int direct)
+static int child_main(int rd, int up, int direct)
 {
 	char c;
 	at(open("shared.dat", O_RDONLY), 52);
 	if (lseek(52, 777, SEEK_SET) != 777)
 		fail("child: lseek");
+	if (write(up, "r", 1) != 1 || close(up)) /* its fds are set: the parent may say READY */
+		fail("child: pipe up");
 	if (write(1, "", 0) < 0)
 		fail("child: stdout");
-	if (write(done, "d", 1) != 1 || close(done)) /* set-up done: the parent may say READY */
-		fail("child: set-up pipe");
-	if (read(rd, &c, 1) != 1) /* the parent read through the shared description */
+	if (read(rd, &c, 1) != 1) /* set-up done: parent goes on */
 		fail("child: read pipe");
 	if (read(rd, &c, 1) != 1) /* after go: parent moved the shared offset */
 		fail("child: read pipe after go");
@@ -148,9 +148,10 @@ int main(int argc, char **argv)
 	}
 	close(p[0]);
 	close(q[1]);
-	char c;
-	if (read(q[0], &c, 1) != 1 || close(q[0]))
-		fail("waiting for the child's set-up");
+	char r;
+	/* 'r', then EOF once the child closed its end: its fds are final. */
+	if (read(q[0], &r, 1) != 1 || read(q[0], &r, 1) != 0 || close(q[0]))
+		fail("pipe up from the child");
 	unsigned char buf[1000];
 	if (read(50, buf, 1000) != 1000 || memcmp(buf, data, 1000))
 		fail("first read");

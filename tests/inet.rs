@@ -35,8 +35,24 @@ fn log_port(t: &TestEnv) -> u16 {
     t.log_text().lines().find_map(|l| l.strip_prefix("PORT ").and_then(|p| p.trim().parse().ok())).expect("no PORT line in the victim log")
 }
 
-/// The /proc/net/{tcp,udp}{,6} lines of `pid`'s sockets: "proto local remote state", sorted.
+/// The /proc/net/{tcp,udp}{,6} lines of `pid`'s sockets: "proto local
+/// remote state", sorted, as two reads in a row agree on them. A read of
+/// /proc/net/tcp is not atomic: it walks the socket hash a page at a time,
+/// and sockets that other tests create or close meanwhile can make it skip
+/// a line.
 fn net_view(pid: i32) -> Vec<String> {
+    let mut last = net_view_once(pid);
+    for _ in 0..50 {
+        let now = net_view_once(pid);
+        if now == last {
+            return now;
+        }
+        last = now;
+    }
+    panic!("/proc/net lines of pid {pid} never read the same twice in a row");
+}
+
+fn net_view_once(pid: i32) -> Vec<String> {
     let inodes: Vec<String> = fs::read_dir(format!("/proc/{pid}/fd"))
         .map(|d| d.flatten().filter_map(|e| fs::read_link(e.path()).ok()).filter_map(|l| l.to_str()?.strip_prefix("socket:[")?.strip_suffix(']').map(str::to_string)).collect())
         .unwrap_or_default();

@@ -51,17 +51,6 @@ static atomic_int rt_value = -1, bad_value;
 static timer_t ptimer;
 static unsigned char *memmap;
 
-static void at(int fd, int want)
-{
-	if (fd < 0)
-		fail("creating fd %d: %s", want, strerror(errno));
-	if (fd != want) {
-		if (dup2(fd, want) != want)
-			fail("dup2 %d -> %d: %s", fd, want, strerror(errno));
-		close(fd);
-	}
-}
-
 static void on_rt(int sig, siginfo_t *si, void *uc)
 {
 	(void)uc;
@@ -94,41 +83,41 @@ static void set_up_fds(const char *dir)
 	int fd = open("data", O_RDWR | O_CREAT | O_TRUNC, 0600);
 	if (fd < 0 || write(fd, data, DATA_SIZE) != DATA_SIZE || lseek(fd, 3000, SEEK_SET) != 3000)
 		fail("data file");
-	at(fd, 40);
-	at(dup(40), 41);
+	put_fd(fd, 40);
+	put_fd(dup(40), 41);
 	if (pipe(p) || write(p[1], "pipe-bytes", 10) != 10)
 		fail("pipe");
-	at(p[0], 42);
-	at(p[1], 43);
+	put_fd(p[0], 42);
+	put_fd(p[1], 43);
 	if (mkfifo("fifo", 0600))
 		fail("mkfifo");
-	at(open("fifo", O_RDONLY | O_NONBLOCK), 44);
-	at(open("fifo", O_WRONLY), 45);
+	put_fd(open("fifo", O_RDONLY | O_NONBLOCK), 44);
+	put_fd(open("fifo", O_WRONLY), 45);
 	if (write(45, "fifo-bytes", 10) != 10)
 		fail("fifo write");
 	if (socketpair(AF_UNIX, SOCK_STREAM, 0, s))
 		fail("socketpair");
-	at(s[0], 46);
-	at(s[1], 47);
+	put_fd(s[0], 46);
+	put_fd(s[1], 47);
 	if (write(46, "ping", 4) != 4 || write(47, "pong", 4) != 4)
 		fail("stream write");
 	if (socketpair(AF_UNIX, SOCK_DGRAM, 0, s))
 		fail("socketpair dgram");
-	at(s[0], 48);
-	at(s[1], 49);
+	put_fd(s[0], 48);
+	put_fd(s[1], 49);
 	if (send(48, "one", 3, 0) != 3 || send(48, "three", 5, 0) != 5)
 		fail("dgram send");
 	struct sockaddr_un a = { .sun_family = AF_UNIX };
 	snprintf(a.sun_path, sizeof(a.sun_path), "%s/sock", dir);
-	at(socket(AF_UNIX, SOCK_STREAM, 0), 50);
+	put_fd(socket(AF_UNIX, SOCK_STREAM, 0), 50);
 	if (bind(50, (struct sockaddr *)&a, sizeof(a)) || listen(50, 4))
 		fail("listen: %s", strerror(errno));
-	at(eventfd(5, 0), 51);
-	at(timerfd_create(CLOCK_MONOTONIC, 0), 54);
+	put_fd(eventfd(5, 0), 51);
+	put_fd(timerfd_create(CLOCK_MONOTONIC, 0), 54);
 	struct itimerspec its = { { 0, 20000000 }, { 0, 20000000 } };
 	if (timerfd_settime(54, 0, &its, NULL))
 		fail("timerfd_settime");
-	at(epoll_create1(0), 52);
+	put_fd(epoll_create1(0), 52);
 	struct epoll_event ev = { .events = EPOLLIN, .data.u64 = 0xE1 };
 	if (epoll_ctl(52, EPOLL_CTL_ADD, 51, &ev))
 		fail("epoll add eventfd");
@@ -141,11 +130,11 @@ static void set_up_fds(const char *dir)
 	sigset_t usr1;
 	sigemptyset(&usr1);
 	sigaddset(&usr1, SIGUSR1);
-	at(signalfd(-1, &usr1, 0), 53);
-	at(inotify_init1(0), 55);
+	put_fd(signalfd(-1, &usr1, 0), 53);
+	put_fd(inotify_init1(0), 55);
 	if (mkdir("watched", 0700) || inotify_add_watch(55, "watched", IN_CREATE) != 1)
 		fail("inotify_add_watch");
-	at(memfd_create("allstate", MFD_ALLOW_SEALING), 56);
+	put_fd(memfd_create("allstate", MFD_ALLOW_SEALING), 56);
 	unsigned char page[PAGE];
 	fill(page, PAGE, 9);
 	if (write(56, page, PAGE) != PAGE || fcntl(56, F_ADD_SEALS, F_SEAL_GROW | F_SEAL_SHRINK))
@@ -153,7 +142,7 @@ static void set_up_fds(const char *dir)
 	memmap = mmap(NULL, PAGE, PROT_READ | PROT_WRITE, MAP_SHARED, 56, 0);
 	if (memmap == MAP_FAILED)
 		fail("mmap memfd");
-	at(open("ghost", O_RDWR | O_CREAT | O_TRUNC, 0640), 57);
+	put_fd(open("ghost", O_RDWR | O_CREAT | O_TRUNC, 0640), 57);
 	if (write(57, "ghost-content", 13) != 13 || unlink("ghost"))
 		fail("ghost");
 }

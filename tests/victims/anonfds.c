@@ -72,18 +72,6 @@ static int failed;
 
 #define check(cond, ...) do { if (!(cond)) { say("FAIL: " __VA_ARGS__); failed = 1; } } while (0)
 
-/* Puts fd at number `at`. */
-static void place(int fd, int at)
-{
-	if (fd < 0)
-		fail("creating fd %d: %s", at, strerror(errno));
-	if (fd != at) {
-		if (dup3(fd, at, 0) < 0)
-			fail("dup3 %d: %s", at, strerror(errno));
-		close(fd);
-	}
-}
-
 static int cmp_lines(const void *a, const void *b)
 {
 	return strcmp(*(char *const *)a, *(char *const *)b);
@@ -170,15 +158,15 @@ static void set_timer(int fd, int flags, long long value_ns, long long interval_
 
 static void setup_timers(void)
 {
-	place(timerfd_create(CLOCK_MONOTONIC, 0), TFD1);
+	put_fd(timerfd_create(CLOCK_MONOTONIC, 0), TFD1);
 	set_timer(TFD1, 0, 50 * MS, 50 * MS);
-	place(timerfd_create(CLOCK_MONOTONIC, 0), TFD2);
+	put_fd(timerfd_create(CLOCK_MONOTONIC, 0), TFD2);
 	set_timer(TFD2, 0, 1 * MS, 0);
-	place(timerfd_create(CLOCK_REALTIME, 0), TFD3);
+	put_fd(timerfd_create(CLOCK_REALTIME, 0), TFD3);
 	struct timespec now;
 	clock_gettime(CLOCK_REALTIME, &now);
 	set_timer(TFD3, TFD_TIMER_ABSTIME | TFD_TIMER_CANCEL_ON_SET, (now.tv_sec + 3600) * 1000000000LL + now.tv_nsec, 0);
-	place(timerfd_create(CLOCK_BOOTTIME, TFD_NONBLOCK), TFD4);
+	put_fd(timerfd_create(CLOCK_BOOTTIME, TFD_NONBLOCK), TFD4);
 	set_timer(TFD4, 0, 10000 * MS, 7000 * MS);
 	struct timespec ms20 = { 0, 20 * MS };
 	nanosleep(&ms20, NULL); /* TFD2 fires */
@@ -189,11 +177,11 @@ static void setup_epoll(const char *mode)
 	int p[2];
 	if (pipe(p) < 0)
 		fail("pipe: %s", strerror(errno));
-	place(p[0], PIPE_R);
-	place(p[1], PIPE_W);
-	place(epoll_create1(0), EP2);
+	put_fd(p[0], PIPE_R);
+	put_fd(p[1], PIPE_W);
+	put_fd(epoll_create1(0), EP2);
 	epoll_add(EP2, EPOLL_CTL_ADD, PIPE_W, EPOLLOUT, 0x6666);
-	place(epoll_create1(0), EP);
+	put_fd(epoll_create1(0), EP);
 	epoll_add(EP, EPOLL_CTL_ADD, EFD1, EPOLLIN, 0x1111);
 	epoll_add(EP, EPOLL_CTL_ADD, TFD1, EPOLLIN, 0x2222);
 	epoll_add(EP, EPOLL_CTL_ADD, SFD, EPOLLIN, 0x3333);
@@ -209,16 +197,16 @@ static void setup_epoll(const char *mode)
 	if (!fired)
 		fail("the oneshot registration of EFD2 did not fire");
 	if (!strcmp(mode, "moved")) {
-		place(eventfd(0, 0), 40);
+		put_fd(eventfd(0, 0), 40);
 		epoll_add(EP, EPOLL_CTL_ADD, 40, EPOLLIN, 0x40);
-		place(dup(40), 41);
+		put_fd(dup(40), 41);
 		close(40);
 	}
 }
 
 static void setup_inotify(const char *mode)
 {
-	place(inotify_init1(IN_NONBLOCK), INO);
+	put_fd(inotify_init1(IN_NONBLOCK), INO);
 	char f1[600], f4[600];
 	snprintf(f1, sizeof(f1), "%s/f1", dir);
 	snprintf(f4, sizeof(f4), "%s/f4", dir);
@@ -252,12 +240,12 @@ static void setup(const char *mode)
 	sigaddset(&s, SIGUSR1);
 	sigaddset(&s, SIGRTMIN + 2);
 	sigprocmask(SIG_BLOCK, &s, NULL);
-	place(eventfd(0, EFD_NONBLOCK), EFD1);
+	put_fd(eventfd(0, EFD_NONBLOCK), EFD1);
 	uint64_t v = 0x100000005ULL;
 	if (write(EFD1, &v, 8) != 8)
 		fail("write EFD1: %s", strerror(errno));
-	place(eventfd(3, EFD_SEMAPHORE), EFD2);
-	place(signalfd(-1, &s, SFD_NONBLOCK), SFD);
+	put_fd(eventfd(3, EFD_SEMAPHORE), EFD2);
+	put_fd(signalfd(-1, &s, SFD_NONBLOCK), SFD);
 	setup_timers();
 	setup_epoll(mode);
 	setup_inotify(mode);
@@ -285,7 +273,7 @@ static pid_t child;
 /* Mode "shared": the registration only the child holds at its number. */
 static void setup_shared(void)
 {
-	place(eventfd(0, 0), 42);
+	put_fd(eventfd(0, 0), 42);
 	epoll_add(EP, EPOLL_CTL_ADD, 42, EPOLLIN, 0x8888);
 	child = fork();
 	if (child < 0)

@@ -39,17 +39,6 @@
 #define EV_PERM(j) (((j) * 7) % NEV)
 #define F_PERM(j) (((j) * 13) % NF)
 
-static void at(int fd, int want)
-{
-	if (fd < 0)
-		fail("creating fd %d: %s", want, strerror(errno));
-	if (fd != want) {
-		if (dup2(fd, want) != want)
-			fail("dup2 %d -> %d: %s", fd, want, strerror(errno));
-		close(fd);
-	}
-}
-
 /* The number after `key` in /proc/self/fdinfo/FD (in `base`), or -1. */
 static long long fdinfo_in(int fd, const char *key, int base)
 {
@@ -84,23 +73,23 @@ static void set_up(const char *dir)
 	if (setrlimit(RLIMIT_NOFILE, &rl) != 0 || rl.rlim_cur < (rlim_t)1000 + big + 10)
 		fail("RLIMIT_NOFILE %lu is too low for %d more fds", (unsigned long)rl.rlim_cur, big);
 	for (int k = 0; k < big; k++)
-		at(eventfd(7 * k + 3, 0), 1000 + k);
+		put_fd(eventfd(7 * k + 3, 0), 1000 + k);
 	for (int i = 0; i < NEV; i++)
-		at(eventfd(i + 1, 0), 100 + i);
+		put_fd(eventfd(i + 1, 0), 100 + i);
 	for (int j = 0; j < NEV; j++)
-		at(dup(100 + EV_PERM(j)), 400 + j);
+		put_fd(dup(100 + EV_PERM(j)), 400 + j);
 	snprintf(path, sizeof(path), "%s/data", dir);
 	int fd = open(path, O_RDWR | O_CREAT | O_TRUNC, 0600);
 	if (fd < 0 || ftruncate(fd, 10 * NF + 4096) != 0)
 		fail("%s: %s", path, strerror(errno));
 	close(fd);
 	for (int i = 0; i < NF; i++) {
-		at(open(path, O_RDWR), 700 + i);
+		put_fd(open(path, O_RDWR), 700 + i);
 		if (lseek(700 + i, 10 * i, SEEK_SET) != 10 * i)
 			fail("lseek fd %d: %s", 700 + i, strerror(errno));
 	}
 	for (int j = 0; j < NF; j++)
-		at(dup(700 + F_PERM(j)), 800 + j);
+		put_fd(dup(700 + F_PERM(j)), 800 + j);
 }
 
 static void child_check(void)

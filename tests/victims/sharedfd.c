@@ -32,17 +32,6 @@
 #define SIZE 100000
 #define SEED 17
 
-static void at(int fd, int want)
-{
-	if (fd < 0)
-		fail("open for fd %d: %s", want, strerror(errno));
-	if (fd != want) {
-		if (dup2(fd, want) != want)
-			fail("dup2 %d -> %d: %s", fd, want, strerror(errno));
-		close(fd);
-	}
-}
-
 static void expect_off(const char *who, int fd, long want)
 {
 	long off = lseek(fd, 0, SEEK_CUR);
@@ -89,7 +78,7 @@ static void common_checks(const char *who, int direct)
 static int child_main(int rd, int up, int direct)
 {
 	char c;
-	at(open("shared.dat", O_RDONLY), 52);
+	put_fd(open("shared.dat", O_RDONLY), 52);
 	if (lseek(52, 777, SEEK_SET) != 777)
 		fail("child: lseek");
 	if (write(up, "r", 1) != 1 || close(up)) /* its fds are set: the parent may say READY */
@@ -119,22 +108,22 @@ int main(int argc, char **argv)
 	int fd = open("shared.dat", O_RDWR | O_CREAT | O_TRUNC, 0640);
 	if (fd < 0 || write(fd, data, SIZE) != SIZE || lseek(fd, 0, SEEK_SET))
 		fail("writing shared.dat");
-	at(fd, 50);
-	at(dup(50), 51);
-	at(open(".", O_RDONLY | O_DIRECTORY), 53);
-	at(open("shared.dat", O_PATH), 54);
+	put_fd(fd, 50);
+	put_fd(dup(50), 51);
+	put_fd(open(".", O_RDONLY | O_DIRECTORY), 53);
+	put_fd(open("shared.dat", O_PATH), 54);
 	int d = open("shared.dat", O_RDONLY | O_DIRECT);
 	int direct = d >= 0;
 	if (direct)
-		at(d, 55);
+		put_fd(d, 55);
 	else
 		say("note: O_DIRECT not supported here (%s); fd 55 left out", strerror(errno));
-	at(open("append.log", O_WRONLY | O_APPEND | O_CREAT | O_TRUNC, 0600), 56);
+	put_fd(open("append.log", O_WRONLY | O_APPEND | O_CREAT | O_TRUNC, 0600), 56);
 	if (write(56, "before\n", 7) != 7)
 		fail("append");
-	at(open("/dev/null", O_WRONLY), 57);
-	at(open("/dev/urandom", O_RDONLY), 58);
-	at(open("/dev/zero", O_RDONLY), 59);
+	put_fd(open("/dev/null", O_WRONLY), 57);
+	put_fd(open("/dev/urandom", O_RDONLY), 58);
+	put_fd(open("/dev/zero", O_RDONLY), 59);
 	int p[2], q[2];
 	if (pipe(p) || pipe(q))
 		fail("pipe");

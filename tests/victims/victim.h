@@ -107,6 +107,18 @@ static inline void pass(void)
 }
 
 /* Usage check shared by all victims: need at least n arguments. */
+/* Puts the new fd `fd` at number `want` (dup2 and close), or fails. */
+static inline void put_fd(int fd, int want)
+{
+	if (fd < 0)
+		fail("creating fd %d: %s", want, strerror(errno));
+	if (fd != want) {
+		if (dup2(fd, want) != want)
+			fail("dup2 %d -> %d: %s", fd, want, strerror(errno));
+		close(fd);
+	}
+}
+
 static inline void need_args(int argc, char **argv, int n, const char *usage)
 {
 	if (argc < n + 1) {

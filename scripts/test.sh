@@ -3,7 +3,9 @@
 # similar, x86-64. Installs what the tests need first: gcc and the C
 # library headers (build-essential), nftables, tmux and redis (see
 # tools.sh), and a Rust toolchain through rustup
-# if none >= MIN_RUST is usable. Exits with the status of cargo test.
+# if none >= MIN_RUST is usable. Runs cargo test, then a smoke run of the
+# benchmark suite (scripts/bench --quick --selftest). Exits non-zero if
+# either fails.
 #
 # Usage: sudo scripts/test.sh [extra cargo test arguments]
 #
@@ -26,4 +28,10 @@ ensure_tools
 ensure_test_tools
 echo "test.sh: gcc $(gcc -dumpfullversion), $(rustc --version), kernel $(uname -r)"
 cd "$REPO"
-exec cargo test --release "$@"
+cargo test --release "$@"
+# The benchmark suite at small sizes, one run each (a few seconds): every
+# case must dump, restore and pass its own check, so the suite cannot rot.
+out=$(mktemp -d)
+trap 'rm -rf "$out"' EXIT
+BENCH_OUT="$out" scripts/bench --quick --selftest >"$out/log" 2>&1 || { cat "$out/log"; die "scripts/bench --quick --selftest failed"; }
+echo "test.sh: scripts/bench --quick --selftest passed"

@@ -225,12 +225,19 @@ pub fn poll_readable(fds: &[RawFd]) -> std::io::Result<usize> {
     }
 }
 
+/// An ioctl whose argument is a pointer the kernel writes one int to.
+/// Private: each caller below names the requests it passes, all of that kind.
+fn ioctl_read_int(fd: RawFd, req: libc::c_ulong) -> std::io::Result<i32> {
+    let mut v: libc::c_int = 0;
+    // SAFETY: every request callers pass writes exactly one int through
+    // the pointer, which points at a live local int.
+    cvt(unsafe { libc::ioctl(fd, req, &mut v as *mut libc::c_int) } as libc::c_long)?;
+    Ok(v)
+}
+
 /// Bytes buffered in a pipe (FIONREAD; either end).
 pub fn pipe_buffered(fd: RawFd) -> std::io::Result<usize> {
-    let mut n: libc::c_int = 0;
-    // SAFETY: FIONREAD writes one int to the pointer.
-    cvt(unsafe { libc::ioctl(fd, libc::FIONREAD, &mut n as *mut libc::c_int) } as libc::c_long)?;
-    Ok(n as usize)
+    Ok(ioctl_read_int(fd, libc::FIONREAD)? as usize)
 }
 
 /// F_GETPIPE_SZ.
@@ -306,11 +313,7 @@ pub fn tty_get(fd: RawFd, what: TtyGet) -> std::io::Result<i32> {
         TtyGet::Session => libc::TIOCGSID,
         TtyGet::Queued => libc::FIONREAD,
     };
-    let mut v: libc::c_int = 0;
-    // SAFETY: every request above writes exactly one int to the pointer,
-    // which points at a live local int.
-    cvt(unsafe { libc::ioctl(fd, req, &mut v as *mut libc::c_int) } as libc::c_long)?;
-    Ok(v)
+    ioctl_read_int(fd, req)
 }
 
 /// Sets one int of terminal state with `what`.
@@ -881,12 +884,26 @@ pub fn setsockopt_bytes(fd: RawFd, level: i32, opt: i32, data: &[u8]) -> std::io
     Ok(())
 }
 
-/// An ioctl that writes an int (SIOCINQ, SIOCOUTQ, SIOCOUTQNSD).
-pub fn ioctl_int(fd: RawFd, req: libc::c_ulong) -> std::io::Result<i32> {
-    let mut v: libc::c_int = 0;
-    // SAFETY: these requests write one int to the pointer given.
-    cvt(unsafe { libc::ioctl(fd, req as _, &mut v as *mut libc::c_int) } as libc::c_long)?;
-    Ok(v)
+/// Which queue of a socket [`socket_queued`] measures.
+#[derive(Debug, Clone, Copy)]
+pub enum SockQueue {
+    /// SIOCINQ (FIONREAD): bytes readable (TCP), or the next datagram's size (UDP).
+    In,
+    /// SIOCOUTQ: bytes in the send queue, sent or not.
+    Out,
+    /// SIOCOUTQNSD: bytes in the send queue not yet sent.
+    OutNotSent,
+}
+
+/// Bytes in the queue `q` of the socket at `fd`.
+pub fn socket_queued(fd: RawFd, q: SockQueue) -> std::io::Result<i32> {
+    const SIOCOUTQNSD: libc::c_ulong = 0x894b;
+    let req = match q {
+        SockQueue::In => libc::FIONREAD,
+        SockQueue::Out => libc::TIOCOUTQ,
+        SockQueue::OutNotSent => SIOCOUTQNSD,
+    };
+    ioctl_read_int(fd, req)
 }
 
 fn inet_from_storage(a: &libc::sockaddr_storage) -> std::io::Result<std::net::SocketAddr> {

@@ -409,11 +409,7 @@ fn put_run(sink: &mut dyn PageSink, addr: u64, data: &[u8], skip_zero: bool) -> 
     let mut saved = 0;
     let mut start: Option<usize> = None;
     for (k, page) in data.chunks_exact(ps).enumerate() {
-        let z = is_zero(page);
-        if z {
-            crate::stats::add(crate::stats::Count::PagesZero, 1);
-        }
-        match (z, start) {
+        match (is_zero(page), start) {
             (false, None) => start = Some(k),
             (true, Some(s)) => {
                 sink.put(addr + (s * ps) as u64, &data[s * ps..k * ps])?;
@@ -427,6 +423,7 @@ fn put_run(sink: &mut dyn PageSink, addr: u64, data: &[u8], skip_zero: bool) -> 
         sink.put(addr + (s * ps) as u64, &data[s * ps..])?;
         saved += (data.len() / ps - s) as u64;
     }
+    crate::stats::add(crate::stats::Count::PagesZero, (data.len() / ps) as u64 - saved);
     Ok(saved)
 }
 

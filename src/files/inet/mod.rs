@@ -166,7 +166,7 @@ fn dump_udp(f: &Fd, s: &mut InetSocket) -> Result<()> {
     sys::getsockopt_bytes(fd, libc::SOL_SOCKET, libc::SO_MEMINFO, &mut m).with_context(|| format!("{}: SO_MEMINFO", f.what()))?;
     let mem = |i: usize| u32::from_ne_bytes(m[i * 4..i * 4 + 4].try_into().unwrap_or_default());
     if mem(MEMINFO_RMEM) > 0 {
-        let first = sys::ioctl_int(fd, libc::FIONREAD as libc::c_ulong).unwrap_or(0);
+        let first = sys::socket_queued(fd, sys::SockQueue::In).unwrap_or(0);
         return Err(f.refuse(&format!("{}: datagrams are queued unread on it ({} bytes of receive memory, the first datagram {first} bytes); their senders cannot be carried", describe(s), mem(MEMINFO_RMEM))));
     }
     if opts::value(s, "UDP_CORK").unwrap_or(0) != 0 && mem(MEMINFO_WMEM) > 0 {

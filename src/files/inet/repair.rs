@@ -18,9 +18,6 @@ const TCP_REPAIR_WINDOW: i32 = 29;
 const NO_QUEUE: i32 = 0;
 const RECV_QUEUE: i32 = 1;
 const SEND_QUEUE: i32 = 2;
-const SIOCINQ: libc::c_ulong = 0x541b;
-const SIOCOUTQ: libc::c_ulong = 0x5411;
-const SIOCOUTQNSD: libc::c_ulong = 0x894b;
 /// tcpi_options bits.
 const OPT_TIMESTAMPS: u32 = 1;
 const OPT_SACK: u32 = 2;
@@ -83,12 +80,12 @@ pub fn read(fd: RawFd) -> Result<TcpConnection> {
     let mut c = TcpConnection::default();
     select(fd, SEND_QUEUE)?;
     c.send_seq = sys::getsockopt_int(fd, libc::SOL_TCP, TCP_QUEUE_SEQ)? as u32;
-    let outq = sys::ioctl_int(fd, SIOCOUTQ)? as usize;
-    c.unsent = sys::ioctl_int(fd, SIOCOUTQNSD)? as u32;
+    let outq = sys::socket_queued(fd, sys::SockQueue::Out)? as usize;
+    c.unsent = sys::socket_queued(fd, sys::SockQueue::OutNotSent)? as u32;
     c.send_queue = peek(fd, outq)?;
     select(fd, RECV_QUEUE)?;
     c.recv_seq = sys::getsockopt_int(fd, libc::SOL_TCP, TCP_QUEUE_SEQ)? as u32;
-    let inq = sys::ioctl_int(fd, SIOCINQ)? as usize;
+    let inq = sys::socket_queued(fd, sys::SockQueue::In)? as usize;
     c.recv_queue = peek_recv(fd, inq)?;
     select(fd, NO_QUEUE)?;
     c.mss = sys::getsockopt_int(fd, libc::SOL_TCP, libc::TCP_MAXSEG)? as u32;

@@ -343,6 +343,27 @@ fn established_refused_without_flag() {
     t.go_expect_original_pass();
 }
 
+/// A listener saved without SO_REUSEADDR whose port holds a connection in
+/// TIME_WAIT cannot be bound again until it expires (as for any program):
+/// the restore fails naming the listener and the TIME_WAIT connection, and
+/// leaves nothing behind.
+#[test]
+fn time_wait_on_listener_port_named() {
+    let Some(mut t) = TestEnv::new("inet_timewait") else { return };
+    t.spawn_victim("inet", &["timewait"], false);
+    t.wait_ready();
+    let port = log_port(&t);
+    t.dump_ok(&[]);
+    t.reap_victim();
+    let images = t.images.to_string_lossy().into_owned();
+    let out = t.rcr("restore", &["restore", "-D", &images]);
+    assert!(!out.status.success(), "the restore should fail: the port is held by a TIME_WAIT connection");
+    for want in [format!("listening on 127.0.0.1:{port}"), "1 connection(s) closed on this port are in TIME_WAIT".to_string(), "SO_REUSEADDR".to_string()] {
+        assert!(out.stderr.contains(&want), "the error should say {want:?}:\n{}", out.stderr);
+    }
+    assert!(!pid_exists(t.pid), "the failed restore left pid {} behind", t.pid);
+}
+
 #[test]
 fn listener_with_accept_queue_refused() {
     let Some(mut t) = TestEnv::new("inet_backlog") else { return };

@@ -20,6 +20,10 @@
  *     read followed the pattern.
  *   inet GO_FILE backlog
  *     a listener on 127.0.0.1 that never accepts; prints "PORT p"; READY.
+ *   inet GO_FILE timewait
+ *     a listener on 127.0.0.1 without SO_REUSEADDR and a connection of its
+ *     own, closed server side first: TIME_WAIT on the listener's port;
+ *     prints "PORT p"; READY.
  *   inet GO_FILE established
  *     connects to itself through a listener (both ends in the process),
  *     prints "PORT p"; READY; after go PASS.
@@ -103,6 +107,28 @@ static void accept_one(int l, const char *what)
 	char b;
 	if (poll(&q, 1, 10000) != 1 || read(c, &b, 1) != 1 || b != 'x')
 		fail("%s: no 'x' on the new connection", what);
+	close(c);
+}
+
+/*
+ * Leaves a TIME_WAIT connection on the listener's own address: the server
+ * side closes first. A restored listener without SO_REUSEADDR must still
+ * bind its port (rcr sets it for the bind only).
+ */
+static void leave_time_wait(int l)
+{
+	struct sockaddr_storage a;
+	socklen_t al = sizeof(a);
+	X(getsockname(l, (struct sockaddr *)&a, &al));
+	int c = socket(a.ss_family, SOCK_STREAM, 0);
+	X(connect(c, (struct sockaddr *)&a, al));
+	int s = accept(l, NULL, NULL);
+	if (s < 0)
+		fail("time-wait: accept: %s", strerror(errno));
+	close(s);
+	char b;
+	if (read(c, &b, 1) != 0)
+		fail("time-wait: expected the server's FIN");
 	close(c);
 }
 
@@ -298,7 +324,7 @@ static int server(char **argv)
 
 int main(int argc, char **argv)
 {
-	need_args(argc, argv, 2, "GO_FILE sockets UDPPORT | server v4|v6 | backlog | established");
+	need_args(argc, argv, 2, "GO_FILE sockets UDPPORT | server v4|v6 | backlog | timewait | established");
 	if (!strcmp(argv[2], "sockets"))
 		return sockets(argv);
 	if (!strcmp(argv[2], "server"))
@@ -307,6 +333,8 @@ int main(int argc, char **argv)
 	bind4(l, "127.0.0.1", 0);
 	X(listen(l, 4));
 	say("PORT %d", port_of(l));
+	if (!strcmp(argv[2], "timewait"))
+		leave_time_wait(l);
 	if (!strcmp(argv[2], "established")) {
 		int c = socket(AF_INET, SOCK_STREAM, 0);
 		struct sockaddr_in a = { .sin_family = AF_INET, .sin_port = htons(port_of(l)) };

@@ -70,7 +70,36 @@ fn bind_or_connect(fd: RawFd, a: &Option<crate::images::pb::InetAddr>, connect: 
     let step = if connect { "connect" } else { "bind" };
     let Some(a) = a else { return Ok(()) };
     let addr = from_pb(a).with_context(|| format!("{step}: an address of {} bytes", a.addr.len()))?;
-    sys::inet_bind_or_connect(fd, &addr, connect).with_context(|| format!("{step} {addr}"))
+    match sys::inet_bind_or_connect(fd, &addr, connect) {
+        Err(e) if !connect && e.raw_os_error() == Some(libc::EADDRINUSE) => match time_waits(addr.port()) {
+            0 => Err(e).with_context(|| format!("{step} {addr}")),
+            n => Err(e).with_context(|| {
+                format!("{step} {addr}: {n} connection(s) closed on this port are in TIME_WAIT (up to 60 s after the dump killed the tree), \
+                         and the socket was saved without SO_REUSEADDR; retry later, or dump with -R")
+            }),
+        },
+        r => r.with_context(|| format!("{step} {addr}")),
+    }
+}
+
+/// Connections in TIME_WAIT whose local port is `port`, from
+/// /proc/net/tcp and tcp6 (rcr's network namespace).
+fn time_waits(port: u16) -> usize {
+    const TIME_WAIT: &str = "06";
+    let want = format!(":{port:04X}");
+    ["/proc/net/tcp", "/proc/net/tcp6"]
+        .iter()
+        .filter_map(|p| std::fs::read_to_string(p).ok())
+        .map(|text| {
+            text.lines()
+                .skip(1)
+                .filter(|l| {
+                    let f: Vec<&str> = l.split_whitespace().take(4).collect();
+                    f.len() == 4 && f[1].ends_with(&want) && f[3] == TIME_WAIT
+                })
+                .count()
+        })
+        .sum()
 }
 
 fn shutdown(fd: RawFd, bits: u32) -> Result<()> {

@@ -4,8 +4,9 @@
 # library headers (build-essential), nftables, tmux and redis (see
 # tools.sh), and a Rust toolchain through rustup
 # if none >= MIN_RUST is usable. Runs cargo test, then a smoke run of the
-# benchmark suite (scripts/bench --quick --selftest). Exits non-zero if
-# either fails.
+# benchmark suite (scripts/bench --quick --selftest) and the soak
+# (scripts/soak: 200 dumps and restores of one running tree). Exits
+# non-zero if any fails.
 #
 # Usage: sudo scripts/test.sh [extra cargo test arguments]
 #
@@ -35,3 +36,6 @@ out=$(mktemp -d)
 trap 'rm -rf "$out"' EXIT
 BENCH_OUT="$out" scripts/bench --quick --selftest >"$out/log" 2>&1 || { cat "$out/log"; die "scripts/bench --quick --selftest failed"; }
 echo "test.sh: scripts/bench --quick --selftest passed"
+# The soak: the same running tree dumped and restored 200 times (about a
+# minute), its state and leaks checked after every round.
+scripts/soak 200 || die "scripts/soak failed"

@@ -149,7 +149,7 @@ fn dump_tree(frozen: &Frozen, dir: &ImageDir, o: &Options) -> Result<Option<NetL
 /// Removes what a failed dump wrote, so no partial image set is left.
 fn remove_images(dir: &ImageDir, pid: u32) {
     for kind in Kind::ALL {
-        let _ = std::fs::remove_file(dir.file(kind, Some(pid)));
+        let _ = dir.remove_file(&ImageDir::name(kind, Some(pid)));
     }
 }
 

@@ -29,7 +29,7 @@ use anyhow::{bail, Context, Result};
 use std::collections::HashMap;
 use std::convert::Infallible;
 use std::io::{Read, Write};
-use std::os::fd::{FromRawFd, IntoRawFd, RawFd};
+use std::os::fd::{AsRawFd, FromRawFd, IntoRawFd, RawFd};
 
 /// rax at a barrier's `int3` (the blob's report has 0 or -errno there).
 pub const BARRIER_MAGIC: u64 = 0x7263_725f_6261_7272;
@@ -150,13 +150,20 @@ fn prepare(l: &Loaded, files: &FileTable, fd_images: &files::fds::Images, region
     // SAFETY: personality(2) with a value the task had.
     unsafe { libc::personality(l.core.personality as libc::c_ulong) };
     files::fs::restore(&l.fs)?;
+    // The pages file, opened through the image directory fd (closed next),
+    // above every fd number the process will use.
+    let max_fd = l.fds.iter().map(|f| f.fd as RawFd).chain(inherited.fds()).max().unwrap_or(2).max(2);
+    let opened = l.pages_dir.open_file(&l.pages_name)?;
+    let pages = crate::sys::dup_above(opened.as_raw_fd(), max_fd + 1).context("moving the pages file fd")?;
+    drop(opened);
     let mut keep = inherited.fds();
     keep.push(sync.err_write);
+    keep.push(pages);
     crate::sys::close_all_except(&keep)?;
     files::fds::place(&l.fds, &inherited.descs)?;
     files::fds::after_fds(l.core.pid as i32, &l.fds, fd_images)?;
     crate::sys::lower_nofile();
-    open_mapping_fds(l, files, region, inherited)?;
+    open_mapping_fds(l, files, region, inherited, pages)?;
     inherited.close_all_except(&l.fds);
     nix::sys::prctl::set_name(&std::ffi::CString::new(l.core.comm.as_bytes()).unwrap_or_default()).context("PR_SET_NAME")?;
     restore_sigactions(&l.core)?;
@@ -201,7 +208,7 @@ fn unregister_own_rseq() -> Result<()> {
 /// Opens the files the VMAs map (for shared anonymous memory, memfds and
 /// deleted files: a copy of the object rcr created), the pages image and
 /// the exe file; the blob closes them all before the process runs.
-fn open_mapping_fds(l: &Loaded, files: &FileTable, region: &mut Region, inherited: &Inherited) -> Result<()> {
+fn open_mapping_fds(l: &Loaded, files: &FileTable, region: &mut Region, inherited: &Inherited, pages: RawFd) -> Result<()> {
     assign_fds(&l.plan.vma_shmem, region, |inode| {
         let obj = inherited.shmem.get(&inode).with_context(|| format!("no shared memory object for inode {inode}"))?;
         crate::sys::dup(*obj).context("dup of a shared memory object")
@@ -214,10 +221,9 @@ fn open_mapping_fds(l: &Loaded, files: &FileTable, region: &mut Region, inherite
         let f = files.get(id).with_context(|| format!("file id {id}"))?;
         files::reg::open(f, f.flags).with_context(|| format!("mapping {}", f.path))
     })?;
-    let pages = std::fs::File::open(&l.pages_path).with_context(|| format!("opening {}", l.pages_path.display()))?;
     let exe = files.get(l.plan.exe_file_id).context("exe file")?;
     let exe_fd = files::reg::open(exe, libc::O_RDONLY as u32).with_context(|| format!("exe {}", exe.path))?;
-    region.set_fds(pages.into_raw_fd(), exe_fd);
+    region.set_fds(pages, exe_fd);
     Ok(())
 }
 

@@ -67,7 +67,10 @@ pub struct Loaded {
     pub mm: pb::Mm,
     pub fds: Vec<pb::FdEntry>,
     pub fs: pb::Fs,
-    pub pages_path: PathBuf,
+    /// The image directory and the name of this process's pages file in
+    /// it (the restore child opens it relative to the directory).
+    pub pages_dir: ImageDir,
+    pub pages_name: String,
     pub plan: Plan,
 }
 
@@ -319,10 +322,10 @@ fn load_process(dir: &ImageDir, entry: pb::PstreeEntry, kin: Kin, files: &FileTa
     let pagemap: Vec<pb::PagemapEntry> = dir.read_all(Kind::Pagemap, pid)?;
     let fds = dir.read_all(Kind::Fdinfo, pid)?;
     let fs = dir.read_one(Kind::Fs, pid)?;
-    let pages_path = dir.file(Kind::Pages, pid);
-    check_pages_file(&pages_path, &pagemap)?;
+    let pages_name = ImageDir::name(Kind::Pages, pid);
+    check_pages_file(dir, &pages_name, &pagemap)?;
     let plan = crate::mm::restore::plan(&mm, &pagemap, files, self_maps).with_context(|| format!("pid {}", p.entry.pid))?;
-    p.live = Some(Box::new(Loaded { core, mm, fds, fs, pages_path, plan }));
+    p.live = Some(Box::new(Loaded { core, mm, fds, fs, pages_dir: dir.clone(), pages_name, plan }));
     Ok(p)
 }
 
@@ -398,9 +401,10 @@ fn fork_root(tree: &Tree, regions: &mut [Option<Region>], inherited: &Inherited)
     Ok((tracee, std::fs::File::from(err_r)))
 }
 
-fn check_pages_file(path: &std::path::Path, pagemap: &[pb::PagemapEntry]) -> Result<()> {
+fn check_pages_file(dir: &ImageDir, name: &str, pagemap: &[pb::PagemapEntry]) -> Result<()> {
     use std::io::Read;
-    let mut f = std::fs::File::open(path).with_context(|| format!("opening {}", path.display()))?;
+    let path = &dir.path.join(name);
+    let mut f = dir.open_file(name)?;
     let mut h = [0u8; 8];
     f.read_exact(&mut h).with_context(|| format!("{}: truncated header", path.display()))?;
     crate::images::check_header(path, h, Some(Kind::Pages))?;

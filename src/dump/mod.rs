@@ -167,7 +167,7 @@ fn preflight(pid: i32) -> Result<()> {
         't' => bail!("pid {pid} is being traced by another process"),
         _ => {}
     }
-    Ok(())
+    crate::creds::trust::check_dump(pid)
 }
 
 /// Dumps one live process of the frozen tree; returns its XSAVE size.

@@ -78,7 +78,7 @@ fn become_process(tree: &Tree, idx: usize, regions: &mut [Option<Region>], inher
     };
     wait_for_zombies(tree, p)?;
     let region = regions[idx].as_mut().context("no bootstrap region")?;
-    prepare(l, &tree.files, &tree.fd_images, region, inherited, sync)?;
+    prepare(l, tree.bound.as_ref(), &tree.files, &tree.fd_images, region, inherited, sync)?;
     crate::sys::close(sync.err_write);
     // SAFETY: single-threaded child, signals blocked, traced by rcr since
     // before its birth (the root: since the go byte), fds filled in by
@@ -146,9 +146,11 @@ fn wait_for_zombies(tree: &Tree, p: &Proc) -> Result<()> {
     Ok(())
 }
 
-fn prepare(l: &Loaded, files: &FileTable, fd_images: &files::fds::Images, region: &mut Region, inherited: &Inherited, sync: &Sync) -> Result<()> {
+fn prepare(l: &Loaded, tree_bound: Option<&crate::creds::trust::Bound>, files: &FileTable, fd_images: &files::fds::Images, region: &mut Region, inherited: &Inherited, sync: &Sync) -> Result<()> {
     // SAFETY: personality(2) with a value the task had.
     unsafe { libc::personality(l.core.personality as libc::c_ulong) };
+    // The tree's files are opened as the user an untrusted set is bounded by.
+    let ids = tree_bound.map(|b| b.files_as()).transpose()?.flatten();
     files::fs::restore(&l.fs)?;
     // The pages file, opened through the image directory fd (closed next),
     // above every fd number the process will use.
@@ -165,6 +167,7 @@ fn prepare(l: &Loaded, files: &FileTable, fd_images: &files::fds::Images, region
     crate::sys::lower_nofile();
     open_mapping_fds(l, files, region, inherited, pages)?;
     inherited.close_all_except(&l.fds);
+    drop(ids);
     nix::sys::prctl::set_name(&std::ffi::CString::new(l.core.comm.as_bytes()).unwrap_or_default()).context("PR_SET_NAME")?;
     restore_sigactions(&l.core)?;
     restore_task_flags(&l.core)?;

@@ -105,6 +105,9 @@ pub struct Tree {
     pub fd_images: crate::files::fds::Images,
     /// The dump's network lock (inventory.img network_lock), "" if none.
     pub net_lock: String,
+    /// How far the image set is trusted (None: root restores root's set);
+    /// see [`crate::creds::trust`].
+    pub bound: Option<crate::creds::trust::Bound>,
 }
 
 /// What rcr creates before forking, inherited by every restored process
@@ -169,7 +172,12 @@ impl Inherited {
 /// Returns the exit code for rcr: the root's status unless detached.
 pub fn run(o: &Options) -> Result<i32> {
     crate::sys::raise_nofile();
+    let bound = crate::creds::trust::for_restore(&o.dir)?;
     let mut tree = crate::stats::time(crate::stats::Phase::Load, || load(&o.dir))?;
+    if let Some(b) = &bound {
+        b.check_tree(&tree)?;
+    }
+    tree.bound = bound;
     tree.fd_images.ext_unix_sk = o.ext_unix_sk;
     tree.fd_images.shell_job = o.shell_job;
     tree.fd_images.tcp_established = o.tcp_established;
@@ -222,7 +230,14 @@ fn restore_job(tree: &Tree) -> Result<Option<Foreground>> {
 fn restore_tree(tree: &Tree) -> Result<()> {
     let mut regions = build_regions(tree)?;
     let spans: Vec<_> = regions.iter().map(|r| r.as_ref().map(|r| (r.start, r.len, r.syscall_insn()))).collect();
-    let inherited = Inherited::create(tree);
+    let inherited = match tree.bound.as_ref().map(|b| b.files_as()).transpose() {
+        Ok(ids) => {
+            let inherited = Inherited::create(tree);
+            drop(ids);
+            inherited
+        }
+        Err(e) => Err(e),
+    };
     let mut tcp = crate::files::inet::Repaired::default();
     let root = inherited.and_then(|mut inh| {
         tcp = std::mem::take(&mut inh.tcp);
@@ -295,7 +310,7 @@ fn load(path: &std::path::Path) -> Result<Tree> {
         }
         procs[parent].children.push(i);
     }
-    Ok(Tree { procs, files, fd_images, net_lock: inv.network_lock })
+    Ok(Tree { procs, files, fd_images, net_lock: inv.network_lock, bound: None })
 }
 
 fn load_process(dir: &ImageDir, entry: pb::PstreeEntry, kin: Kin, files: &FileTable, self_maps: &[proc::MapEntry]) -> Result<Proc> {

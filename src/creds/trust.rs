@@ -103,8 +103,9 @@ fn may_trace(pid: i32, me: &Caller, st: &std::collections::HashMap<String, Strin
     if gids[..3].iter().any(|&g| g != me.rgid) {
         bail!("pid {pid} runs with gids {:?} (real, effective, saved), not uid {}'s gid {}; {who}", &gids[..3], me.ruid, me.rgid);
     }
-    // A process that is not dumpable has its /proc files owned by root.
-    let owner = std::os::unix::fs::MetadataExt::uid(&std::fs::metadata(format!("/proc/{pid}")).with_context(|| format!("stat /proc/{pid}"))?);
+    // A process that is not dumpable has the files in its /proc directory
+    // (not the directory itself) owned by root.
+    let owner = std::os::unix::fs::MetadataExt::uid(&std::fs::metadata(format!("/proc/{pid}/status")).with_context(|| format!("stat /proc/{pid}/status"))?);
     if owner != me.ruid {
         bail!("pid {pid} is not dumpable (a set-uid, set-gid or file-capability program, or PR_SET_DUMPABLE 0); {who}");
     }

@@ -279,6 +279,9 @@ fn copy_set(from: &Path, to: &Path) {
     fs::set_permissions(to, fs::Permissions::from_mode(0o700)).unwrap();
 }
 
+/// A hand-edit of the saved credentials.
+type Edit = Box<dyn Fn(&mut pb::Creds)>;
+
 #[test]
 fn untrusted_image_set_bounded_by_owner() {
     let Some(mut t) = TestEnv::new("priv_untrusted") else { return };
@@ -286,7 +289,7 @@ fn untrusted_image_set_bounded_by_owner() {
     t.dump_ok(&[]);
     t.reap_victim();
     chown_tree(&t.images, NOBODY);
-    let edits: [(&str, &str, Box<dyn Fn(&mut pb::Creds)>); 3] = [
+    let edits: [(&str, &str, Edit); 3] = [
         ("uid0", "creds.uids [0, 0, 0, 0]", Box::new(|c| c.uids = vec![0; 4])),
         ("caps", "creds.cap_prm 0x1ffffffffff", Box::new(|c| (c.cap_prm, c.cap_eff) = (ALL_CAPS, ALL_CAPS))),
         ("group0", "creds.groups has gid 0", Box::new(|c| c.groups = vec![0])),

@@ -2,9 +2,9 @@
 //!
 //! Dump ([`check_dump`]): rcr gains nothing through ptrace. A caller
 //! without CAP_SYS_PTRACE may dump only a process whose real, effective
-//! and saved uids and gids are its own real ones, that is dumpable (not a
-//! set-uid, set-gid or file-capability program, not PR_SET_DUMPABLE 0),
-//! whose permitted capabilities it has too, and only if yama (when
+//! and saved uids and gids are its own real ones (in every thread), that
+//! is dumpable (not a set-uid or set-gid program, not PR_SET_DUMPABLE 0),
+//! whose permitted capabilities it has too (a file-capability program's), and only if yama (when
 //! present) allows tracing a non-descendant. Beyond ptrace, rcr's dump
 //! opens /proc/PID/map_files, which needs CAP_CHECKPOINT_RESTORE (or
 //! CAP_SYS_ADMIN), and reads seccomp filters, which needs CAP_SYS_ADMIN.
@@ -79,7 +79,12 @@ pub fn check_dump(pid: i32) -> Result<()> {
     let me = Caller::read()?;
     let st = proc::status(pid).with_context(|| format!("pid {pid} does not exist"))?;
     if !me.has(CAP_SYS_PTRACE) {
-        may_trace(pid, &me, &st)?;
+        may_trace(pid, pid, &me, &st)?;
+        for tid in proc::threads(pid)?.into_iter().filter(|&t| t != pid) {
+            let Ok(text) = proc::read_string(pid, &format!("task/{tid}/status")) else { continue };
+            let ts = text.lines().filter_map(|l| l.split_once(':')).map(|(k, v)| (k.trim().to_string(), v.trim().to_string())).collect();
+            may_trace(pid, tid, &me, &ts)?;
+        }
     }
     if !me.has(CAP_CHECKPOINT_RESTORE) && !me.has(CAP_SYS_ADMIN) {
         bail!(
@@ -94,24 +99,26 @@ pub fn check_dump(pid: i32) -> Result<()> {
 }
 
 /// The kernel's ptrace access rule for a tracer without CAP_SYS_PTRACE.
-fn may_trace(pid: i32, me: &Caller, st: &std::collections::HashMap<String, String>) -> Result<()> {
+fn may_trace(pid: i32, tid: i32, me: &Caller, st: &std::collections::HashMap<String, String>) -> Result<()> {
     let (uids, gids) = (ids(st, "Uid")?, ids(st, "Gid")?);
+    let name = if tid == pid { format!("pid {pid}") } else { format!("thread {tid} of pid {pid}") };
     let who = format!("uid {} may not trace it (ptrace: EPERM without CAP_SYS_PTRACE)", me.ruid);
     if uids[..3].iter().any(|&u| u != me.ruid) {
-        bail!("pid {pid} belongs to uid {} (real, effective, saved: {:?}); {who}", uids[1], &uids[..3]);
+        bail!("{name} belongs to uid {} (real, effective, saved: {:?}); {who}", uids[1], &uids[..3]);
     }
     if gids[..3].iter().any(|&g| g != me.rgid) {
-        bail!("pid {pid} runs with gids {:?} (real, effective, saved), not uid {}'s gid {}; {who}", &gids[..3], me.ruid, me.rgid);
+        bail!("{name} runs with gids {:?} (real, effective, saved), not uid {}'s gid {}; {who}", &gids[..3], me.ruid, me.rgid);
     }
     // A process that is not dumpable has the files in its /proc directory
     // (not the directory itself) owned by root.
-    let owner = std::os::unix::fs::MetadataExt::uid(&std::fs::metadata(format!("/proc/{pid}/status")).with_context(|| format!("stat /proc/{pid}/status"))?);
+    let status = format!("/proc/{pid}/task/{tid}/status");
+    let owner = std::os::unix::fs::MetadataExt::uid(&std::fs::metadata(&status).with_context(|| format!("stat {status}"))?);
     if owner != me.ruid {
-        bail!("pid {pid} is not dumpable (a set-uid, set-gid or file-capability program, or PR_SET_DUMPABLE 0); {who}");
+        bail!("{name} is not dumpable (a set-uid or set-gid program, or PR_SET_DUMPABLE 0); {who}");
     }
     let extra = proc::status_hex(st, "CapPrm")? & !me.prm;
     if extra != 0 {
-        bail!("pid {pid} has capabilities {extra:#x} that rcr lacks; {who}");
+        bail!("{name} has capabilities {extra:#x} that rcr lacks; {who}");
     }
     match std::fs::read_to_string("/proc/sys/kernel/yama/ptrace_scope").map(|s| s.trim().to_string()) {
         Ok(scope) if scope != "0" => {

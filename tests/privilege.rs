@@ -14,7 +14,8 @@
 //!   them it restores the process as it was, with no capability.
 //! * An image set owned by a non-root user is untrusted even when root
 //!   restores it: hand-edited credentials beyond that user (uid 0, full
-//!   capabilities) are refused naming the field; the legit set restores.
+//!   capabilities) are refused naming the field; the legit set restores;
+//!   a file of the process only root may open is not reopened for it.
 //!
 //! The victim is tests/victims/heap.c (it checks its memory after go and
 //! prints PASS). Needs root (and setpriv, setcap); without root every test
@@ -314,5 +315,31 @@ fn untrusted_image_set_bounded_by_owner() {
     t.restore(&[]);
     assert_eq!(status_field(pid, "Uid").as_deref(), Some("65534\t65534\t65534\t65534"));
     assert_eq!(status_field(pid, "CapEff").as_deref(), Some("0000000000000000"));
+    t.go_expect_pass();
+}
+
+#[test]
+fn untrusted_image_set_files_opened_as_owner() {
+    let Some(mut t) = TestEnv::new("priv_files_as_owner") else { return };
+    // nobody's victim writes to a log only root may open (its fd was
+    // inherited from root): a restore bounded by nobody cannot reopen it.
+    fs::File::create(&t.log).unwrap();
+    fs::set_permissions(&t.log, fs::Permissions::from_mode(0o600)).unwrap();
+    let mut cmd = as_user(NOBODY, &victim_path("heap"));
+    cmd.arg(&t.go);
+    let pid = t.spawn_command(cmd, false);
+    t.wait_ready();
+    t.dump_ok(&[]);
+    t.reap_victim();
+    let trusted = t.path("trusted");
+    copy_set(&t.images, &trusted);
+    chown_tree(&t.images, NOBODY);
+    let images = t.images.to_str().unwrap().to_string();
+    let out = t.rcr("restore-untrusted", &["restore", "-D", &images]);
+    assert_refused("root restoring nobody's set holding root's file", (out.status, out.stderr), &["victim.log", "Permission denied"]);
+    assert!(!pid_exists(pid), "a refused restore left pid {pid}");
+    // The same images owned by root are trusted: the file opens.
+    t.images = trusted;
+    t.restore(&[]);
     t.go_expect_pass();
 }

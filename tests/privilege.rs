@@ -178,6 +178,8 @@ fn symlinks_in_image_dir_not_followed() {
     let out = t.rcr("restore-symlink", &["restore", "-D", &images]);
     assert_refused("restore through a symlinked core image", (out.status, out.stderr), &[&format!("core-{pid}.img"), "symlink"]);
     assert!(!pid_exists(pid), "a refused restore created pid {pid}");
+    let out = t.rcr("show-symlink", &["show", "-D", &images]);
+    assert_refused("rcr show of a set with a symlinked core image", (out.status, out.stderr), &[&format!("core-{pid}.img"), "symlink"]);
     let out = t.rcr("restore-link", &["restore", "-D", link.to_str().unwrap()]);
     assert_refused("restore from a symlinked image dir", (out.status, out.stderr), &["symlink is not followed"]);
     fs::remove_file(&core).unwrap();

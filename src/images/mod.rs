@@ -379,8 +379,22 @@ impl ImageWriter {
 
 /// Reads the raw framed entries of a protobuf image file.
 pub fn read_raw_entries(path: &Path, want: Option<Kind>) -> Result<(Kind, Vec<Vec<u8>>)> {
-    let f = File::open(path).with_context(|| format!("opening {}", path.display()))?;
-    read_raw_from(f, path, want)
+    read_raw_from(open_no_symlink(path)?, path, want)
+}
+
+/// Opens `path` for reading, if it is a regular file and not a symlink
+/// (for `rcr show`, which reads image files by path).
+pub fn open_no_symlink(path: &Path) -> Result<File> {
+    let flags = OFlag::O_RDONLY | OFlag::O_NOFOLLOW | OFlag::O_NONBLOCK | OFlag::O_CLOEXEC;
+    let f = File::from(nix::fcntl::open(path, flags, Mode::empty()).map_err(|e| match e {
+        Errno::ELOOP => anyhow::anyhow!("{}: a symlink; rcr does not follow it", path.display()),
+        e => anyhow::anyhow!("opening {}: {e}", path.display()),
+    })?);
+    let st = nix::sys::stat::fstat(&f).with_context(|| format!("stat {}", path.display()))?;
+    if st.st_mode & libc::S_IFMT != libc::S_IFREG {
+        bail!("{}: not a regular file (mode {:o}); refusing it", path.display(), st.st_mode);
+    }
+    Ok(f)
 }
 
 /// Reads the raw framed entries of an open image file (`path` names it in

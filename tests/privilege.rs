@@ -345,3 +345,24 @@ fn untrusted_image_set_files_opened_as_owner() {
     t.restore(&[]);
     t.go_expect_pass();
 }
+
+#[test]
+fn root_dump_into_users_dir_restores_bounded() {
+    let Some(mut t) = TestEnv::new("priv_users_dir") else { return };
+    let pid = spawn_nobody_heap(&mut t);
+    // An existing directory of nobody's, 0700: root's dump writes its
+    // files there (root's, 0600); the set is then nobody's, bounded by
+    // nobody on restore, and still restores (rcr reads its images as root).
+    let images = nobody_dir(&t).join("images");
+    fs::create_dir(&images).unwrap();
+    fs::set_permissions(&images, fs::Permissions::from_mode(0o700)).unwrap();
+    std::os::unix::fs::chown(&images, Some(NOBODY), Some(NOBODY)).unwrap();
+    t.images = images.clone();
+    t.dump_ok(&[]);
+    let md = fs::metadata(images.join(format!("pages-{pid}.img"))).unwrap();
+    assert_eq!((md.uid(), md.mode() & 0o7777), (0, 0o600), "owner and mode of the pages file");
+    t.reap_victim();
+    t.restore(&[]);
+    assert_eq!(status_field(pid, "Uid").as_deref(), Some("65534\t65534\t65534\t65534"));
+    t.go_expect_pass();
+}

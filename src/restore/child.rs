@@ -149,15 +149,15 @@ fn wait_for_zombies(tree: &Tree, p: &Proc) -> Result<()> {
 fn prepare(l: &Loaded, tree_bound: Option<&crate::creds::trust::Bound>, files: &FileTable, fd_images: &files::fds::Images, region: &mut Region, inherited: &Inherited, sync: &Sync) -> Result<()> {
     // SAFETY: personality(2) with a value the task had.
     unsafe { libc::personality(l.core.personality as libc::c_ulong) };
-    // The tree's files are opened as the user an untrusted set is bounded by.
-    let ids = tree_bound.map(|b| b.files_as()).transpose()?.flatten();
-    files::fs::restore(&l.fs)?;
     // The pages file, opened through the image directory fd (closed next),
     // above every fd number the process will use.
     let max_fd = l.fds.iter().map(|f| f.fd as RawFd).chain(inherited.fds()).max().unwrap_or(2).max(2);
     let opened = l.pages_dir.open_file(&l.pages_name)?;
     let pages = crate::sys::dup_above(opened.as_raw_fd(), max_fd + 1).context("moving the pages file fd")?;
     drop(opened);
+    // The tree's own files are opened as the user an untrusted set is bounded by.
+    let ids = tree_bound.map(|b| b.files_as()).transpose()?.flatten();
+    files::fs::restore(&l.fs)?;
     let mut keep = inherited.fds();
     keep.push(sync.err_write);
     keep.push(pages);

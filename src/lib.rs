@@ -36,6 +36,8 @@
 //!   processes, their parent links, sessions and groups: freezing on dump,
 //!   forking on restore), [`timers`] (POSIX timers), [`creds`]
 //!   (credentials, seccomp, scheduling, limits: applied last, by the blob).
+//!   [`creds::trust`] decides who may dump what and how far an image set
+//!   is trusted (a non-root caller, a set not owned by root: bounded).
 //! * [`proc`] parses /proc; [`arch`] holds what is x86-64 specific:
 //!   register layouts, the XSAVE area, the rt_sigframe, syscall restart.
 //! * The two blobs, restorer (`restorer-blob/`) and parasite (`parasite/`),

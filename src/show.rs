@@ -100,13 +100,14 @@ struct PagesSummary {
 /// Reads `path`, identifies it by its magic and decodes it.
 fn load(path: &Path) -> Result<(Kind, Body)> {
     let mut h = [0u8; 8];
-    let mut f = std::fs::File::open(path).with_context(|| format!("opening {}", path.display()))?;
+    let mut f = images::open_no_symlink(path)?;
     f.read_exact(&mut h).with_context(|| format!("{}: truncated header", path.display()))?;
     let kind = images::check_header(path, h, None)?;
     if kind == Kind::Pages {
         return Ok((kind, Body::Pages(pages_summary(path, f)?)));
     }
-    let (kind, raw) = images::read_raw_entries(path, Some(kind))?;
+    std::io::Seek::rewind(&mut f).with_context(|| format!("rewinding {}", path.display()))?;
+    let (kind, raw) = images::read_raw_from(f, path, Some(kind))?;
     Ok((kind, decode_body(path, kind, &raw)?))
 }
 

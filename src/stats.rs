@@ -111,8 +111,8 @@ fn between(a: Mark, b: Mark) -> u64 {
 
 /// Total size of the files in `dir`.
 fn dir_bytes(dir: &ImageDir) -> u64 {
-    let Ok(rd) = std::fs::read_dir(&dir.path) else { return 0 };
-    rd.flatten().filter_map(|e| e.metadata().ok()).filter(|m| m.is_file()).map(|m| m.len()).sum()
+    let Ok(entries) = dir.entries() else { return 0 };
+    entries.iter().filter(|(_, st)| st.st_mode & libc::S_IFMT == libc::S_IFREG).map(|(_, st)| st.st_size as u64).sum()
 }
 
 /// The statistics of a finished dump, written to `stats-dump.img`.

@@ -20,6 +20,7 @@ use anyhow::{bail, Context, Result};
 
 pub mod dump;
 pub mod restore;
+pub mod trust;
 
 /// RLIMIT_* names, by resource number.
 pub const RLIMIT_NAMES: [&str; rcr_abi::NR_RLIMITS] = [

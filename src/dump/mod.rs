@@ -149,7 +149,7 @@ fn dump_tree(frozen: &Frozen, dir: &ImageDir, o: &Options) -> Result<Option<NetL
 /// Removes what a failed dump wrote, so no partial image set is left.
 fn remove_images(dir: &ImageDir, pid: u32) {
     for kind in Kind::ALL {
-        let _ = std::fs::remove_file(dir.file(kind, Some(pid)));
+        let _ = dir.remove_file(&ImageDir::name(kind, Some(pid)));
     }
 }
 
@@ -167,7 +167,7 @@ fn preflight(pid: i32) -> Result<()> {
         't' => bail!("pid {pid} is being traced by another process"),
         _ => {}
     }
-    Ok(())
+    crate::creds::trust::check_dump(pid)
 }
 
 /// Dumps one live process of the frozen tree; returns its XSAVE size.

@@ -308,8 +308,7 @@ impl Images {
                 bail!("fds.img: entry {i} has id {} and kind {:?}; ids must run from 1 and every entry needs a kind", d.id, d.kind);
             }
         }
-        let mem_path = dir.file(ImageKind::MemFiles, None);
-        let mem_files = if mem_path.exists() { memfd::load(dir.read_all(ImageKind::MemFiles, None)?)? } else { Vec::new() };
+        let mem_files = if dir.stat_file(&ImageDir::name(ImageKind::MemFiles, None)).is_some() { memfd::load(dir.read_all(ImageKind::MemFiles, None)?)? } else { Vec::new() };
         Ok(Images { descs, pipes: dir.read_all(ImageKind::Pipes, None)?, mem_files, ..Images::default() })
     }
 

@@ -13,6 +13,7 @@ use crate::images::pb::{file_desc::Kind, FileDesc, GhostFile, MemFile, MemFileKi
 use anyhow::{anyhow, bail, Context, Result};
 use std::fs::File;
 use std::os::fd::OwnedFd;
+use std::os::unix::fs::MetadataExt;
 
 /// The path of a deleted file, from its `/path (deleted)` link.
 pub fn ghost_path(link: &str) -> Option<&str> {
@@ -36,6 +37,11 @@ fn create_at(path: &str, id: u32) -> Result<File> {
         let p = if n == 0 { path.to_string() } else { format!("{path}.rcr-ghost-{id}-{n}") };
         match open(&p) {
             Ok(f) => {
+                // Unlink only the file just created, not one swapped in since.
+                let (ours, now) = (f.metadata().with_context(|| format!("fstat {p}"))?, std::fs::symlink_metadata(&p).with_context(|| format!("lstat {p}"))?);
+                if (ours.dev(), ours.ino()) != (now.dev(), now.ino()) {
+                    bail!("{p} was replaced right after rcr created it; not unlinking what is there now");
+                }
                 std::fs::remove_file(&p).with_context(|| format!("unlinking {p}"))?;
                 return Ok(f);
             }

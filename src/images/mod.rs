@@ -24,7 +24,11 @@ use anyhow::{bail, Context, Result};
 use prost::Message;
 use std::fs::File;
 use std::io::{BufReader, BufWriter, Read, Write};
-use std::os::fd::AsRawFd;
+use nix::errno::Errno;
+use nix::fcntl::{OFlag, OpenHow, ResolveFlag};
+use nix::sys::stat::Mode;
+use nix::fcntl::AtFlags;
+use std::os::fd::{AsFd, AsRawFd, BorrowedFd, OwnedFd};
 use std::path::{Path, PathBuf};
 
 /// Version of the image format this build writes and reads.
@@ -120,58 +124,177 @@ impl Kind {
     }
 }
 
-/// An image directory.
+/// An image directory, opened once: every image file is opened relative to
+/// that directory fd, by a plain name, never through a symlink
+/// ([`ImageDir::open_file`], [`ImageDir::create_file`]). The directory is
+/// created 0700 and its files 0600, whatever the umask; an existing
+/// directory that group or others may write is refused (they could plant
+/// or swap files in it).
 #[derive(Clone, Debug)]
 pub struct ImageDir {
+    /// The path given on the command line, for messages.
     pub path: PathBuf,
+    fd: std::sync::Arc<OwnedFd>,
     /// Files written whose writeback was started but not waited for;
     /// [`ImageDir::sync`] makes them durable all at once (one fdatasync
     /// each per file cost a journal commit per file: 3-5 ms each here, six
     /// files per process).
-    unsynced: std::sync::Arc<std::sync::Mutex<Vec<PathBuf>>>,
+    unsynced: std::sync::Arc<std::sync::Mutex<Vec<String>>>,
 }
 
+/// Mode of the image directory rcr creates.
+pub const DIR_MODE: u32 = 0o700;
+/// Mode of every image file rcr writes.
+pub const FILE_MODE: u32 = 0o600;
+
 impl ImageDir {
+    /// Creates the directory (its parents as needed), or opens an existing
+    /// one that neither group nor others may write.
     pub fn create(path: &Path) -> Result<Self> {
-        std::fs::create_dir_all(path).with_context(|| format!("creating image directory {}", path.display()))?;
-        Ok(Self { path: path.to_path_buf(), unsynced: Default::default() })
+        if let Some(parent) = path.parent().filter(|p| !p.as_os_str().is_empty()) {
+            std::fs::create_dir_all(parent).with_context(|| format!("creating {}", parent.display()))?;
+        }
+        let created = match nix::unistd::mkdir(path, Mode::from_bits_truncate(DIR_MODE)) {
+            Ok(()) => true,
+            Err(Errno::EEXIST) => false,
+            Err(e) => return Err(e).with_context(|| format!("creating image directory {}", path.display())),
+        };
+        let dir = Self::open_dir(path)?;
+        if created {
+            // mkdir's mode went through the umask; the directory is ours.
+            nix::sys::stat::fchmod(&*dir.fd, Mode::from_bits_truncate(DIR_MODE)).with_context(|| format!("chmod 0700 {}", path.display()))?;
+        } else {
+            let st = nix::sys::stat::fstat(&*dir.fd).with_context(|| format!("stat {}", path.display()))?;
+            if st.st_mode & 0o022 != 0 {
+                bail!(
+                    "image directory {} is writable by {} (mode {:o}); others could plant files in it: use a directory only its owner may write (rcr creates new ones 0700)",
+                    path.display(),
+                    if st.st_mode & 0o002 != 0 { "everyone" } else { "its group" },
+                    st.st_mode & 0o7777
+                );
+            }
+        }
+        Ok(dir)
     }
 
+    /// Opens an existing image set: a real directory (not a symlink to
+    /// one) holding inventory.img.
     pub fn open(path: &Path) -> Result<Self> {
-        if !path.join("inventory.img").exists() {
-            bail!("{} is not an rcr image set (no inventory.img)", path.display());
+        let dir = Self::open_dir(path)?;
+        match dir.stat_file("inventory.img") {
+            Some(st) if st.st_mode & libc::S_IFMT == libc::S_IFREG => Ok(dir),
+            Some(_) => bail!("{}: inventory.img is not a regular file (a symlink?); refusing it", path.display()),
+            None => bail!("{} is not an rcr image set (no inventory.img)", path.display()),
         }
-        Ok(Self { path: path.to_path_buf(), unsynced: Default::default() })
+    }
+
+    fn open_dir(path: &Path) -> Result<Self> {
+        let flags = OFlag::O_RDONLY | OFlag::O_DIRECTORY | OFlag::O_NOFOLLOW | OFlag::O_CLOEXEC;
+        let fd = nix::fcntl::open(path, flags, Mode::empty()).map_err(|e| match e {
+            Errno::ELOOP | Errno::ENOTDIR => anyhow::anyhow!("image directory {}: not a directory (a symlink is not followed): {e}", path.display()),
+            e => anyhow::anyhow!("opening image directory {}: {e}", path.display()),
+        })?;
+        Ok(Self { path: path.to_path_buf(), fd: std::sync::Arc::new(fd), unsynced: Default::default() })
+    }
+
+    /// The directory fd (every image file is opened relative to it).
+    pub fn as_fd(&self) -> BorrowedFd<'_> {
+        self.fd.as_fd()
+    }
+
+    /// lstat of `name` in the directory, None if it is not there.
+    pub fn stat_file(&self, name: &str) -> Option<libc::stat> {
+        nix::sys::stat::fstatat(&*self.fd, name, AtFlags::AT_SYMLINK_NOFOLLOW).ok()
+    }
+
+    /// Opens image file `name` for reading: a regular file right in the
+    /// directory; a symlink (or anything else) is refused, never followed.
+    pub fn open_file(&self, name: &str) -> Result<File> {
+        let how = OpenHow::new()
+            .flags(OFlag::O_RDONLY | OFlag::O_NOFOLLOW | OFlag::O_NONBLOCK | OFlag::O_CLOEXEC)
+            .resolve(ResolveFlag::RESOLVE_BENEATH | ResolveFlag::RESOLVE_NO_SYMLINKS | ResolveFlag::RESOLVE_NO_MAGICLINKS);
+        let fd = nix::fcntl::openat2(&*self.fd, name, how).map_err(|e| self.open_error(name, e))?;
+        let f = File::from(fd);
+        let st = nix::sys::stat::fstat(&f).with_context(|| format!("stat {}", self.path.join(name).display()))?;
+        if st.st_mode & libc::S_IFMT != libc::S_IFREG {
+            bail!("{}: not a regular file (mode {:o}); refusing it", self.path.join(name).display(), st.st_mode);
+        }
+        Ok(f)
+    }
+
+    fn open_error(&self, name: &str, e: Errno) -> anyhow::Error {
+        let p = self.path.join(name);
+        match e {
+            Errno::ELOOP | Errno::EXDEV => anyhow::anyhow!("{}: a symlink in the image directory; rcr does not follow it ({e})", p.display()),
+            e => anyhow::anyhow!("opening {}: {e}", p.display()),
+        }
+    }
+
+    /// Creates image file `name` (mode 0600) for writing; an existing entry
+    /// of that name (file or symlink) is unlinked first, so nothing outside
+    /// the directory is ever written through it.
+    pub fn create_file(&self, name: &str) -> Result<File> {
+        self.remove_file(name)?;
+        let how = OpenHow::new()
+            .flags(OFlag::O_WRONLY | OFlag::O_CREAT | OFlag::O_EXCL | OFlag::O_NOFOLLOW | OFlag::O_CLOEXEC)
+            .mode(Mode::from_bits_truncate(FILE_MODE))
+            .resolve(ResolveFlag::RESOLVE_BENEATH | ResolveFlag::RESOLVE_NO_SYMLINKS | ResolveFlag::RESOLVE_NO_MAGICLINKS);
+        let fd = nix::fcntl::openat2(&*self.fd, name, how).map_err(|e| self.open_error(name, e))?;
+        nix::sys::stat::fchmod(&fd, Mode::from_bits_truncate(FILE_MODE)).with_context(|| format!("chmod 0600 {}", self.path.join(name).display()))?;
+        Ok(File::from(fd))
+    }
+
+    /// Unlinks `name` from the directory (a symlink itself, not its
+    /// target); Ok if it was not there.
+    pub fn remove_file(&self, name: &str) -> Result<()> {
+        match nix::unistd::unlinkat(&*self.fd, name, nix::unistd::UnlinkatFlags::NoRemoveDir) {
+            Ok(()) | Err(Errno::ENOENT) => Ok(()),
+            Err(e) => Err(e).with_context(|| format!("removing {}", self.path.join(name).display())),
+        }
+    }
+
+    /// Names and lstat of the entries of the directory.
+    pub fn entries(&self) -> Result<Vec<(String, libc::stat)>> {
+        let rd = std::fs::read_dir(format!("/proc/self/fd/{}", self.fd.as_raw_fd())).with_context(|| format!("listing {}", self.path.display()))?;
+        let names: Vec<String> = rd.flatten().filter_map(|e| e.file_name().into_string().ok()).collect();
+        Ok(names.into_iter().filter_map(|n| self.stat_file(&n).map(|st| (n, st))).collect())
     }
 
     /// Waits until every file written so far is on disk (fdatasync each;
     /// their writeback started when they were written, so the waits
     /// overlap and share journal commits).
     pub fn sync(&self) -> Result<()> {
-        let paths = std::mem::take(&mut *self.unsynced.lock().map_err(|_| anyhow::anyhow!("image sync list poisoned"))?);
-        for p in paths {
-            let f = File::open(&p).with_context(|| format!("opening {} to sync it", p.display()))?;
-            f.sync_data().with_context(|| format!("syncing {}", p.display()))?;
+        let names = std::mem::take(&mut *self.unsynced.lock().map_err(|_| anyhow::anyhow!("image sync list poisoned"))?);
+        for n in names {
+            let f = self.open_file(&n).context("reopening an image file to sync it")?;
+            f.sync_data().with_context(|| format!("syncing {}", self.path.join(&n).display()))?;
         }
         Ok(())
     }
 
-    pub fn file(&self, kind: Kind, pid: Option<u32>) -> PathBuf {
+    /// The file name of an image of `kind` (of process `pid`).
+    pub fn name(kind: Kind, pid: Option<u32>) -> String {
         match pid {
-            Some(p) if kind.per_process() => self.path.join(format!("{}-{}.img", kind.stem(), p)),
-            _ => self.path.join(format!("{}.img", kind.stem())),
+            Some(p) if kind.per_process() => format!("{}-{}.img", kind.stem(), p),
+            _ => format!("{}.img", kind.stem()),
         }
+    }
+
+    /// The path of an image file, for messages.
+    pub fn file(&self, kind: Kind, pid: Option<u32>) -> PathBuf {
+        self.path.join(Self::name(kind, pid))
     }
 
     /// Writes a file holding `msgs` as framed entries.
     pub fn write_all<M: Message>(&self, kind: Kind, pid: Option<u32>, msgs: &[M]) -> Result<()> {
-        let path = self.file(kind, pid);
-        let mut w = ImageWriter::create(&path, kind)?;
+        let name = Self::name(kind, pid);
+        let path = self.path.join(&name);
+        let mut w = ImageWriter::new(self.create_file(&name)?, kind)?;
         for m in msgs {
             w.push(m)?;
         }
         w.finish().with_context(|| format!("writing {}", path.display()))?;
-        self.unsynced.lock().map_err(|_| anyhow::anyhow!("image sync list poisoned"))?.push(path);
+        self.unsynced.lock().map_err(|_| anyhow::anyhow!("image sync list poisoned"))?.push(name);
         Ok(())
     }
 
@@ -180,13 +303,16 @@ impl ImageDir {
     }
 
     pub fn read_all<M: Message + Default>(&self, kind: Kind, pid: Option<u32>) -> Result<Vec<M>> {
-        read_entries(&self.file(kind, pid), kind)
+        let f = self.open_file(&Self::name(kind, pid))?;
+        let path = self.file(kind, pid);
+        let (_, raw) = read_raw_from(f, &path, Some(kind))?;
+        decode_entries(&path, kind, &raw)
     }
 
     /// Reads a file that must hold exactly one entry.
     pub fn read_one<M: Message + Default>(&self, kind: Kind, pid: Option<u32>) -> Result<M> {
         let path = self.file(kind, pid);
-        let mut v: Vec<M> = read_entries(&path, kind)?;
+        let mut v: Vec<M> = self.read_all(kind, pid)?;
         if v.len() != 1 {
             bail!("{}: expected exactly one entry, found {}", path.display(), v.len());
         }
@@ -226,8 +352,8 @@ pub struct ImageWriter {
 }
 
 impl ImageWriter {
-    pub fn create(path: &Path, kind: Kind) -> Result<Self> {
-        let f = File::create(path).with_context(|| format!("creating {}", path.display()))?;
+    /// Starts writing entries of `kind` into `f`, a new, empty file.
+    pub fn new(f: File, kind: Kind) -> Result<Self> {
         let mut w = BufWriter::new(f);
         w.write_all(&header(kind))?;
         Ok(Self { w, buf: Vec::new() })
@@ -253,7 +379,27 @@ impl ImageWriter {
 
 /// Reads the raw framed entries of a protobuf image file.
 pub fn read_raw_entries(path: &Path, want: Option<Kind>) -> Result<(Kind, Vec<Vec<u8>>)> {
-    let f = File::open(path).with_context(|| format!("opening {}", path.display()))?;
+    read_raw_from(open_no_symlink(path)?, path, want)
+}
+
+/// Opens `path` for reading, if it is a regular file and not a symlink
+/// (for `rcr show`, which reads image files by path).
+pub fn open_no_symlink(path: &Path) -> Result<File> {
+    let flags = OFlag::O_RDONLY | OFlag::O_NOFOLLOW | OFlag::O_NONBLOCK | OFlag::O_CLOEXEC;
+    let f = File::from(nix::fcntl::open(path, flags, Mode::empty()).map_err(|e| match e {
+        Errno::ELOOP => anyhow::anyhow!("{}: a symlink; rcr does not follow it", path.display()),
+        e => anyhow::anyhow!("opening {}: {e}", path.display()),
+    })?);
+    let st = nix::sys::stat::fstat(&f).with_context(|| format!("stat {}", path.display()))?;
+    if st.st_mode & libc::S_IFMT != libc::S_IFREG {
+        bail!("{}: not a regular file (mode {:o}); refusing it", path.display(), st.st_mode);
+    }
+    Ok(f)
+}
+
+/// Reads the raw framed entries of an open image file (`path` names it in
+/// messages).
+pub fn read_raw_from(f: File, path: &Path, want: Option<Kind>) -> Result<(Kind, Vec<Vec<u8>>)> {
     let mut r = BufReader::new(f);
     let mut h = [0u8; 8];
     r.read_exact(&mut h).with_context(|| format!("{}: truncated header", path.display()))?;

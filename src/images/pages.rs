@@ -39,7 +39,7 @@ pub struct PageFile {
 impl PageFile {
     pub fn create(dir: &ImageDir, pid: u32) -> Result<Self> {
         let path = dir.file(Kind::Pages, Some(pid));
-        let file = File::create(&path).with_context(|| format!("creating {}", path.display()))?;
+        let file = dir.create_file(&ImageDir::name(Kind::Pages, Some(pid)))?;
         file.write_all_at(&pages_header(), 0).with_context(|| format!("writing {}", path.display()))?;
         Ok(Self { path, file, pos: PAGES_DATA_OFFSET, entries: Vec::new() })
     }

@@ -150,7 +150,14 @@ impl Tracee {
     pub fn seize_child(pid: i32) -> Result<Self> {
         let opts = (libc::PTRACE_O_TRACESYSGOOD | libc::PTRACE_O_EXITKILL | libc::PTRACE_O_TRACEFORK | libc::PTRACE_O_TRACECLONE) as usize;
         let suspend = opts | libc::PTRACE_O_SUSPEND_SECCOMP as usize;
-        ptrace(libc::PTRACE_SEIZE, pid, 0, suspend).with_context(|| format!("PTRACE_SEIZE pid {pid} with PTRACE_O_SUSPEND_SECCOMP"))?;
+        if let Err(e) = ptrace(libc::PTRACE_SEIZE, pid, 0, suspend) {
+            // Without CAP_SYS_ADMIN (a non-root restore, which validate
+            // allows only for a tree without seccomp filters): no suspend.
+            if e.raw_os_error() != Some(libc::EPERM) {
+                return Err(e).with_context(|| format!("PTRACE_SEIZE pid {pid} with PTRACE_O_SUSPEND_SECCOMP"));
+            }
+            ptrace(libc::PTRACE_SEIZE, pid, 0, opts).with_context(|| format!("PTRACE_SEIZE pid {pid}"))?;
+        }
         Ok(Tracee { pid, attached: true, gadgets: Default::default(), _not_send: std::marker::PhantomData })
     }
 

@@ -29,7 +29,7 @@ use anyhow::{bail, Context, Result};
 use std::collections::HashMap;
 use std::convert::Infallible;
 use std::io::{Read, Write};
-use std::os::fd::{FromRawFd, IntoRawFd, RawFd};
+use std::os::fd::{AsRawFd, FromRawFd, IntoRawFd, RawFd};
 
 /// rax at a barrier's `int3` (the blob's report has 0 or -errno there).
 pub const BARRIER_MAGIC: u64 = 0x7263_725f_6261_7272;
@@ -78,7 +78,7 @@ fn become_process(tree: &Tree, idx: usize, regions: &mut [Option<Region>], inher
     };
     wait_for_zombies(tree, p)?;
     let region = regions[idx].as_mut().context("no bootstrap region")?;
-    prepare(l, &tree.files, &tree.fd_images, region, inherited, sync)?;
+    prepare(l, tree.bound.as_ref(), &tree.files, &tree.fd_images, region, inherited, sync)?;
     crate::sys::close(sync.err_write);
     // SAFETY: single-threaded child, signals blocked, traced by rcr since
     // before its birth (the root: since the go byte), fds filled in by
@@ -146,18 +146,28 @@ fn wait_for_zombies(tree: &Tree, p: &Proc) -> Result<()> {
     Ok(())
 }
 
-fn prepare(l: &Loaded, files: &FileTable, fd_images: &files::fds::Images, region: &mut Region, inherited: &Inherited, sync: &Sync) -> Result<()> {
+fn prepare(l: &Loaded, tree_bound: Option<&crate::creds::trust::Bound>, files: &FileTable, fd_images: &files::fds::Images, region: &mut Region, inherited: &Inherited, sync: &Sync) -> Result<()> {
     // SAFETY: personality(2) with a value the task had.
     unsafe { libc::personality(l.core.personality as libc::c_ulong) };
+    // The pages file, opened through the image directory fd (closed next),
+    // above every fd number the process will use.
+    let max_fd = l.fds.iter().map(|f| f.fd as RawFd).chain(inherited.fds()).max().unwrap_or(2).max(2);
+    let opened = l.pages_dir.open_file(&l.pages_name)?;
+    let pages = crate::sys::dup_above(opened.as_raw_fd(), max_fd + 1).context("moving the pages file fd")?;
+    drop(opened);
+    // The tree's own files are opened as the user an untrusted set is bounded by.
+    let ids = tree_bound.map(|b| b.files_as()).transpose()?.flatten();
     files::fs::restore(&l.fs)?;
     let mut keep = inherited.fds();
     keep.push(sync.err_write);
+    keep.push(pages);
     crate::sys::close_all_except(&keep)?;
     files::fds::place(&l.fds, &inherited.descs)?;
     files::fds::after_fds(l.core.pid as i32, &l.fds, fd_images)?;
     crate::sys::lower_nofile();
-    open_mapping_fds(l, files, region, inherited)?;
+    open_mapping_fds(l, files, region, inherited, pages)?;
     inherited.close_all_except(&l.fds);
+    drop(ids);
     nix::sys::prctl::set_name(&std::ffi::CString::new(l.core.comm.as_bytes()).unwrap_or_default()).context("PR_SET_NAME")?;
     restore_sigactions(&l.core)?;
     restore_task_flags(&l.core)?;
@@ -201,7 +211,7 @@ fn unregister_own_rseq() -> Result<()> {
 /// Opens the files the VMAs map (for shared anonymous memory, memfds and
 /// deleted files: a copy of the object rcr created), the pages image and
 /// the exe file; the blob closes them all before the process runs.
-fn open_mapping_fds(l: &Loaded, files: &FileTable, region: &mut Region, inherited: &Inherited) -> Result<()> {
+fn open_mapping_fds(l: &Loaded, files: &FileTable, region: &mut Region, inherited: &Inherited, pages: RawFd) -> Result<()> {
     assign_fds(&l.plan.vma_shmem, region, |inode| {
         let obj = inherited.shmem.get(&inode).with_context(|| format!("no shared memory object for inode {inode}"))?;
         crate::sys::dup(*obj).context("dup of a shared memory object")
@@ -214,10 +224,9 @@ fn open_mapping_fds(l: &Loaded, files: &FileTable, region: &mut Region, inherite
         let f = files.get(id).with_context(|| format!("file id {id}"))?;
         files::reg::open(f, f.flags).with_context(|| format!("mapping {}", f.path))
     })?;
-    let pages = std::fs::File::open(&l.pages_path).with_context(|| format!("opening {}", l.pages_path.display()))?;
     let exe = files.get(l.plan.exe_file_id).context("exe file")?;
     let exe_fd = files::reg::open(exe, libc::O_RDONLY as u32).with_context(|| format!("exe {}", exe.path))?;
-    region.set_fds(pages.into_raw_fd(), exe_fd);
+    region.set_fds(pages, exe_fd);
     Ok(())
 }
 

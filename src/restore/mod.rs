@@ -67,7 +67,10 @@ pub struct Loaded {
     pub mm: pb::Mm,
     pub fds: Vec<pb::FdEntry>,
     pub fs: pb::Fs,
-    pub pages_path: PathBuf,
+    /// The image directory and the name of this process's pages file in
+    /// it (the restore child opens it relative to the directory).
+    pub pages_dir: ImageDir,
+    pub pages_name: String,
     pub plan: Plan,
 }
 
@@ -102,6 +105,9 @@ pub struct Tree {
     pub fd_images: crate::files::fds::Images,
     /// The dump's network lock (inventory.img network_lock), "" if none.
     pub net_lock: String,
+    /// How far the image set is trusted (None: root restores root's set);
+    /// see [`crate::creds::trust`].
+    pub bound: Option<crate::creds::trust::Bound>,
 }
 
 /// What rcr creates before forking, inherited by every restored process
@@ -166,7 +172,12 @@ impl Inherited {
 /// Returns the exit code for rcr: the root's status unless detached.
 pub fn run(o: &Options) -> Result<i32> {
     crate::sys::raise_nofile();
+    let bound = crate::creds::trust::for_restore(&o.dir)?;
     let mut tree = crate::stats::time(crate::stats::Phase::Load, || load(&o.dir))?;
+    if let Some(b) = &bound {
+        b.check_tree(&tree)?;
+    }
+    tree.bound = bound;
     tree.fd_images.ext_unix_sk = o.ext_unix_sk;
     tree.fd_images.shell_job = o.shell_job;
     tree.fd_images.tcp_established = o.tcp_established;
@@ -219,7 +230,14 @@ fn restore_job(tree: &Tree) -> Result<Option<Foreground>> {
 fn restore_tree(tree: &Tree) -> Result<()> {
     let mut regions = build_regions(tree)?;
     let spans: Vec<_> = regions.iter().map(|r| r.as_ref().map(|r| (r.start, r.len, r.syscall_insn()))).collect();
-    let inherited = Inherited::create(tree);
+    let inherited = match tree.bound.as_ref().map(|b| b.files_as()).transpose() {
+        Ok(ids) => {
+            let inherited = Inherited::create(tree);
+            drop(ids);
+            inherited
+        }
+        Err(e) => Err(e),
+    };
     let mut tcp = crate::files::inet::Repaired::default();
     let root = inherited.and_then(|mut inh| {
         tcp = std::mem::take(&mut inh.tcp);
@@ -292,7 +310,7 @@ fn load(path: &std::path::Path) -> Result<Tree> {
         }
         procs[parent].children.push(i);
     }
-    Ok(Tree { procs, files, fd_images, net_lock: inv.network_lock })
+    Ok(Tree { procs, files, fd_images, net_lock: inv.network_lock, bound: None })
 }
 
 fn load_process(dir: &ImageDir, entry: pb::PstreeEntry, kin: Kin, files: &FileTable, self_maps: &[proc::MapEntry]) -> Result<Proc> {
@@ -319,10 +337,10 @@ fn load_process(dir: &ImageDir, entry: pb::PstreeEntry, kin: Kin, files: &FileTa
     let pagemap: Vec<pb::PagemapEntry> = dir.read_all(Kind::Pagemap, pid)?;
     let fds = dir.read_all(Kind::Fdinfo, pid)?;
     let fs = dir.read_one(Kind::Fs, pid)?;
-    let pages_path = dir.file(Kind::Pages, pid);
-    check_pages_file(&pages_path, &pagemap)?;
+    let pages_name = ImageDir::name(Kind::Pages, pid);
+    check_pages_file(dir, &pages_name, &pagemap)?;
     let plan = crate::mm::restore::plan(&mm, &pagemap, files, self_maps).with_context(|| format!("pid {}", p.entry.pid))?;
-    p.live = Some(Box::new(Loaded { core, mm, fds, fs, pages_path, plan }));
+    p.live = Some(Box::new(Loaded { core, mm, fds, fs, pages_dir: dir.clone(), pages_name, plan }));
     Ok(p)
 }
 
@@ -398,9 +416,10 @@ fn fork_root(tree: &Tree, regions: &mut [Option<Region>], inherited: &Inherited)
     Ok((tracee, std::fs::File::from(err_r)))
 }
 
-fn check_pages_file(path: &std::path::Path, pagemap: &[pb::PagemapEntry]) -> Result<()> {
+fn check_pages_file(dir: &ImageDir, name: &str, pagemap: &[pb::PagemapEntry]) -> Result<()> {
     use std::io::Read;
-    let mut f = std::fs::File::open(path).with_context(|| format!("opening {}", path.display()))?;
+    let path = &dir.path.join(name);
+    let mut f = dir.open_file(name)?;
     let mut h = [0u8; 8];
     f.read_exact(&mut h).with_context(|| format!("{}: truncated header", path.display()))?;
     crate::images::check_header(path, h, Some(Kind::Pages))?;

@@ -29,7 +29,7 @@ const POLL: Duration = Duration::from_millis(10);
 
 pub const RCR: &str = env!("CARGO_BIN_EXE_rcr");
 const VICTIMS: &[&str] =
-    &["heap", "sparse", "filemap", "regfile", "fpu", "counter", "daemon", "badfd", "unsupported", "sigstate", "steady", "threads", "tree", "sharedfd", "timers", "creds", "anonfds", "unix", "unix_ext", "memfiles", "allstate", "inet", "pty", "zeropages", "manyfds"];
+    &["heap", "sparse", "filemap", "regfile", "fpu", "counter", "daemon", "badfd", "unsupported", "sigstate", "steady", "threads", "tree", "sharedfd", "timers", "creds", "anonfds", "unix", "unix_ext", "memfiles", "allstate", "inet", "pty", "zeropages", "manyfds", "nodump"];
 const TMP_PREFIX: &str = "rcr-e2e-";
 
 /// Image files every successful dump of PID must leave behind.
@@ -530,6 +530,8 @@ impl TestEnv {
         let dir = std::env::temp_dir().join(format!("{TMP_PREFIX}{}-{name}-{}", std::process::id(), N.fetch_add(1, Ordering::Relaxed)));
         let _ = fs::remove_dir_all(&dir);
         fs::create_dir_all(dir.join("images")).expect("creating the test dir");
+        // As rcr creates its own: 0700 (rcr refuses one others may write).
+        fs::set_permissions(dir.join("images"), std::os::unix::fs::PermissionsExt::from_mode(0o700)).expect("chmod 0700 the image dir");
         Some(TestEnv {
             name: name.to_string(),
             images: dir.join("images"),

@@ -29,7 +29,7 @@ use std::collections::HashMap;
 use std::ffi::OsStr;
 use std::os::fd::{AsRawFd, OwnedFd, RawFd};
 use std::os::unix::ffi::OsStrExt;
-use std::os::unix::fs::{FileTypeExt, MetadataExt, PermissionsExt};
+use std::os::unix::fs::{FileTypeExt, MetadataExt};
 
 const DGRAM: u32 = libc::SOCK_DGRAM as u32;
 
@@ -329,7 +329,9 @@ fn bind(fd: RawFd, s: &UnixSocket) -> Result<()> {
         return std::fs::remove_file(path).with_context(|| format!("unlinking {} (it was unlinked at dump time)", path.display()));
     }
     std::os::unix::fs::lchown(path, Some(f.uid), Some(f.gid)).with_context(|| format!("chown {}", path.display()))?;
-    std::fs::set_permissions(path, std::fs::Permissions::from_mode(f.mode & 0o7777)).with_context(|| format!("chmod {}", path.display()))
+    // Not through a symlink, should the path have been replaced since bind.
+    let mode = nix::sys::stat::Mode::from_bits_truncate(f.mode & 0o7777);
+    nix::sys::stat::fchmodat(nix::fcntl::AT_FDCWD, path, mode, nix::sys::stat::FchmodatFlags::NoFollowSymlink).with_context(|| format!("chmod {}", path.display()))
 }
 
 /// Removes a socket file left at `path` by the dumped process; refuses

@@ -43,10 +43,14 @@ ensure_tools() {
 
 # What the tests use beyond the build (nftables comes with ensure_tools,
 # for rcr's network lock): tmux (shell-job tests drive a terminal), redis-server
-# and redis-tools (a real server restored with a client connected).
+# and redis-tools (a real server restored with a client connected),
+# setcap from libcap2-bin and setpriv from util-linux (the privilege tests
+# run rcr as another user, with file capabilities).
 ensure_test_tools() {
     local pkgs=()
     command -v tmux >/dev/null || pkgs+=(tmux)
+    command -v setcap >/dev/null || [ -x /sbin/setcap ] || pkgs+=(libcap2-bin)
+    command -v setpriv >/dev/null || pkgs+=(util-linux)
     [ -x /usr/bin/redis-server ] || pkgs+=(redis-server)
     [ -x /usr/bin/redis-cli ] || pkgs+=(redis-tools)
     if [ ${#pkgs[@]} -gt 0 ]; then apt_install "${pkgs[@]}"; fi

@@ -251,9 +251,12 @@ impl ImageWriter {
     }
 }
 
-/// Reads the raw framed entries of a protobuf image file.
+/// Reads the raw framed entries of a protobuf image file. A length is
+/// checked against [`MAX_ENTRY`] and against what is left of the file
+/// before anything is allocated for it.
 pub fn read_raw_entries(path: &Path, want: Option<Kind>) -> Result<(Kind, Vec<Vec<u8>>)> {
     let f = File::open(path).with_context(|| format!("opening {}", path.display()))?;
+    let size = f.metadata().with_context(|| format!("reading {}", path.display()))?.len();
     let mut r = BufReader::new(f);
     let mut h = [0u8; 8];
     r.read_exact(&mut h).with_context(|| format!("{}: truncated header", path.display()))?;
@@ -262,16 +265,22 @@ pub fn read_raw_entries(path: &Path, want: Option<Kind>) -> Result<(Kind, Vec<Ve
         bail!("{}: a pages file holds raw pages, not entries", path.display());
     }
     let mut out = Vec::new();
+    let mut pos = 8u64;
     loop {
         let mut lb = [0u8; 4];
         match r.read(&mut lb[..1])? {
             0 => break,
             _ => r.read_exact(&mut lb[1..]).with_context(|| format!("{}: entry {} truncated length", path.display(), out.len()))?,
         }
+        pos += 4;
         let len = u32::from_le_bytes(lb);
         if len > MAX_ENTRY {
             bail!("{}: entry {} claims {} bytes (limit {})", path.display(), out.len(), len, MAX_ENTRY);
         }
+        if u64::from(len) > size.saturating_sub(pos) {
+            bail!("{}: entry {} truncated: claims {} bytes, {} left in the file", path.display(), out.len(), len, size.saturating_sub(pos));
+        }
+        pos += u64::from(len);
         let mut b = vec![0u8; len as usize];
         r.read_exact(&mut b).with_context(|| format!("{}: entry {} truncated", path.display(), out.len()))?;
         out.push(b);

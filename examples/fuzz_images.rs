@@ -2,14 +2,14 @@
 //! libFuzzer) over the image decoders and the restore planning step.
 //!
 //! ```text
-//! cargo run --release --example fuzz_images -- [--seconds N] [--corpus DIR] [--crashes DIR] [--seed N]
-//! cargo run --release --example fuzz_images -- --shrink IMAGE_DIR [--max-runs N]
-//! cargo run --release --example fuzz_images -- --check IMAGE_DIR   (plan_only once, print the outcome)
+//! cargo run --profile fuzz --example fuzz_images -- [--seconds N] [--corpus DIR] [--crashes DIR] [--seed N]
+//! cargo run --profile fuzz --example fuzz_images -- --shrink IMAGE_DIR [--max-runs N]
+//! cargo run --profile fuzz --example fuzz_images -- --check IMAGE_DIR   (plan_only once, print the outcome)
 //! ```
 //!
 //! Each corpus entry is an image set (a directory, made by
 //! `scripts/fuzz --make-corpus` from real dumps). Each round copies one set,
-//! mutates one of its files (bit flips, truncation, inserted bytes,
+//! mutates one of its files, now and then two or three (bit flips, truncation, inserted bytes,
 //! interesting values in the 8-byte header or a frame length, and
 //! field-aware mutations of the protobuf entries at the wire level: huge,
 //! zero, negative or off-by-one numbers, lengths grown or cut, fields
@@ -111,7 +111,8 @@ fn fuzz(corpus: &Path, crashes: &Path, seconds: u64, seed: u64) -> usize {
         let set = &sets[rng.below(sets.len())];
         let _ = std::fs::remove_dir_all(&work);
         copy_dir(set, &work).expect("copying a corpus set");
-        let what = mutate_set(&work, &mut rng);
+        let what: Vec<String> = (0..1 + rng.below(3) * usize::from(rng.coin(3))).map(|_| mutate_set(&work, &mut rng)).collect();
+        let what = what.join(", ");
         let t = Instant::now();
         let r = std::panic::catch_unwind(AssertUnwindSafe(|| rcr::restore::plan_only(&work).map(|_| ())));
         let took = t.elapsed();
@@ -177,7 +178,7 @@ fn mutate_set(dir: &Path, rng: &mut Rng) -> String {
     }
     let mut data = std::fs::read(&path).unwrap_or_default();
     let is_pages = name.starts_with("pages-");
-    let what = if !is_pages && data.len() >= 8 && rng.coin(2) { mutate_entries(&mut data, rng) } else { mutate_bytes(&mut data, rng, is_pages) };
+    let what = if !is_pages && data.len() >= 8 && !rng.coin(4) { mutate_entries(&mut data, rng) } else { mutate_bytes(&mut data, rng, is_pages) };
     std::fs::write(&path, &data).expect("writing the mutated file");
     format!("{what} in {name}")
 }

@@ -4,8 +4,8 @@
 # library headers (build-essential), nftables, tmux and redis (see
 # tools.sh), and a Rust toolchain through rustup
 # if none >= MIN_RUST is usable. Runs cargo test, then a smoke run of the
-# benchmark suite (scripts/bench --quick --selftest). Exits non-zero if
-# either fails.
+# benchmark suite (scripts/bench --quick --selftest), then the image fuzzer
+# for 20 s (scripts/fuzz). Exits non-zero if any fails.
 #
 # Usage: sudo scripts/test.sh [extra cargo test arguments]
 #
@@ -35,3 +35,7 @@ out=$(mktemp -d)
 trap 'rm -rf "$out"' EXIT
 BENCH_OUT="$out" scripts/bench --quick --selftest >"$out/log" 2>&1 || { cat "$out/log"; die "scripts/bench --quick --selftest failed"; }
 echo "test.sh: scripts/bench --quick --selftest passed"
+# The image fuzzer for a short fixed time: a panic, hang or runaway memory
+# on a mutated image set fails the run (the input is kept in tests/fuzz/crashes/).
+scripts/fuzz 20 >"$out/fuzz" 2>&1 || { cat "$out/fuzz"; die "scripts/fuzz found a crash (see tests/fuzz/crashes/)"; }
+tail -n 1 "$out/fuzz"

@@ -106,7 +106,7 @@ fn cases() -> Vec<(&'static str, Mutation, Vec<String>)> {
     add("pagemap_huge_count", Box::new(move |d, p| edit::<pb::PagemapEntry>(d, &f("pagemap", p), Kind::Pagemap, |e| e[0].nr_pages = u32::MAX)), &["pagemap-PID.img", "entry 0"]);
     add("pagemap_outside_vmas", Box::new(move |d, p| edit::<pb::PagemapEntry>(d, &f("pagemap", p), Kind::Pagemap, |e| e[0].vaddr = 0x1000)), &["pagemap-PID.img", "lies outside every VMA"]);
     add("fd_out_of_range", Box::new(move |d, p| edit::<pb::FdEntry>(d, &f("fdinfo", p), Kind::Fdinfo, |e| e[0].fd = u32::MAX)), &["fdinfo-PID.img", "fd 4294967295 is out of range"]);
-    add("fd_twice", Box::new(move |d, p| edit::<pb::FdEntry>(d, &f("fdinfo", p), Kind::Fdinfo, |e| e.push(e[0].clone()))), &["fdinfo-PID.img", "appears twice"]);
+    add("fd_twice", Box::new(move |d, p| edit::<pb::FdEntry>(d, &f("fdinfo", p), Kind::Fdinfo, |e| e.push(e[0]))), &["fdinfo-PID.img", "appears twice"]);
     add("dangling_desc_id", Box::new(move |d, p| edit::<pb::FdEntry>(d, &f("fdinfo", p), Kind::Fdinfo, |e| e[0].desc_id = 999)), &["fdinfo-PID.img", "unknown description 999"]);
     add("dangling_exe_file_id", Box::new(move |d, p| edit::<pb::Mm>(d, &f("mm", p), Kind::Mm, |m| m[0].exe_file_id = 999)), &["mm-PID.img", "exe_file_id 999"]);
     add("dangling_reg_file_id", Box::new(|d, _| edit::<pb::FileDesc>(d, "fds.img", Kind::Fds, |v| v[0].kind = Some(pb::file_desc::Kind::RegFileId(999)))), &["fds.img", "description 1", "file id 999"]);
@@ -202,6 +202,27 @@ fn mapped_file_changed_refused() {
     let (images, ids) = (t.images.clone(), saved_ids(&t.images));
     let exe_s = exe.to_string_lossy().into_owned();
     assert_refused(&mut t, "exe-changed", &images, &ids, &[&exe_s, "resized or modified"]);
+}
+
+/// The victim's binary was replaced (same content, a new inode) since the
+/// dump: refused, naming the file and the inode.
+#[test]
+fn replaced_file_refused() {
+    let Some(mut t) = TestEnv::new("replaced_file_refused") else { return };
+    let exe = t.path("victim-heap");
+    fs::copy(victim_path("heap"), &exe).unwrap();
+    let mut cmd = std::process::Command::new(&exe);
+    cmd.arg(&t.go);
+    t.spawn_command(cmd, false);
+    t.wait_ready();
+    t.dump_ok(&[]);
+    t.reap_victim();
+    let new = t.path("victim-heap.new");
+    fs::copy(&exe, &new).unwrap();
+    fs::rename(&new, &exe).unwrap();
+    let (images, ids) = (t.images.clone(), saved_ids(&t.images));
+    let exe_s = exe.to_string_lossy().into_owned();
+    assert_refused(&mut t, "exe-replaced", &images, &ids, &[&exe_s, "was replaced since the dump"]);
 }
 
 /// A pid in use: the message names it and the process using it.

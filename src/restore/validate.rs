@@ -44,6 +44,8 @@ const NGROUPS_MAX: usize = 65536;
 const BPF_MAXINSNS: usize = 4096;
 const MAX_SIG: u32 = 64;
 const SIGINFO_LEN: usize = 128;
+/// Bytes of sockaddr_un.sun_path.
+const SUN_PATH: usize = 108;
 
 /// What this machine allows: PIDs below `pid_max`, fd numbers below
 /// RLIMIT_NOFILE's hard limit.
@@ -150,18 +152,19 @@ fn pstree(entries: &[pb::PstreeEntry], l: &Limits) -> Result<()> {
     Ok(())
 }
 
-/// Every description's kind refers to an existing file, pipe or inode.
+/// Every description's kind refers to an existing file, pipe or inode;
+/// socket addresses fit their sockaddr.
 fn descriptions(files: &FileTable, fds: &Images) -> Result<()> {
     const F: &str = "fds.img";
     let pipes: HashSet<u32> = fds.pipes.iter().map(|p| p.id).collect();
     let mem = |id: u32| id as usize >= 1 && id as usize <= fds.mem_files.len();
     for d in &fds.descs {
         check_len(F, format_args!("description {} link", d.id), d.link.len(), PATH_MAX)?;
-        let dangling = match &d.kind {
-            Some(DescKind::RegFileId(id)) => files.get(*id).is_none().then(|| format!("file id {id} (files.img)")),
-            Some(DescKind::Pipe(p)) => (!pipes.contains(&p.pipe_id)).then(|| format!("pipe id {} (pipes.img)", p.pipe_id)),
-            Some(DescKind::Memfd(m)) => (!mem(m.inode_id)).then(|| format!("memfd inode id {} (memfiles.img)", m.inode_id)),
-            Some(DescKind::Ghost(g)) => (!mem(g.inode_id)).then(|| format!("ghost inode id {} (memfiles.img)", g.inode_id)),
+        let wrong = match &d.kind {
+            Some(DescKind::RegFileId(id)) => files.get(*id).is_none().then(|| format!("refers to unknown file id {id} (files.img)")),
+            Some(DescKind::Pipe(p)) => (!pipes.contains(&p.pipe_id)).then(|| format!("refers to unknown pipe id {} (pipes.img)", p.pipe_id)),
+            Some(DescKind::Memfd(m)) => (!mem(m.inode_id)).then(|| format!("refers to unknown memfd inode id {} (memfiles.img)", m.inode_id)),
+            Some(DescKind::Ghost(g)) => (!mem(g.inode_id)).then(|| format!("refers to unknown ghost inode id {} (memfiles.img)", g.inode_id)),
             Some(DescKind::Fifo(f)) => {
                 check_path(F, format_args!("description {} fifo path", d.id), &f.path, true)?;
                 None
@@ -170,14 +173,22 @@ fn descriptions(files: &FileTable, fds: &Images) -> Result<()> {
                 check_len(F, format_args!("description {} epoll targets", d.id), e.targets.len(), MAX_LIST)?;
                 None
             }
+            Some(DescKind::Unix(u)) => {
+                let long = [&u.name, &u.peer_name].into_iter().find(|n| n.len() > SUN_PATH);
+                long.map(|n| format!("unix socket address of {} bytes (sun_path holds {SUN_PATH})", n.len()))
+            }
+            Some(DescKind::Inet(i)) => {
+                let bad_addr = [&i.local, &i.peer].into_iter().flatten().find(|a| !matches!(a.addr.len(), 4 | 16) || a.port > 0xffff);
+                bad_addr.map(|a| format!("IP address of {} bytes, port {} (4 or 16 bytes, a 16-bit port)", a.addr.len(), a.port))
+            }
             Some(DescKind::Inotify(n)) => {
                 check_len(F, format_args!("description {} inotify watches", d.id), n.watches.len(), MAX_LIST)?;
                 None
             }
             _ => None,
         };
-        if let Some(what) = dangling {
-            bail!("{F}: description {} ({}) refers to unknown {what}", d.id, d.link);
+        if let Some(what) = wrong {
+            bail!("{F}: description {} ({}): {what}", d.id, d.link);
         }
     }
     Ok(())
@@ -265,7 +276,7 @@ fn thread(f: &str, tid: u32, regs: Option<&pb::X86Regs>, xsave: &[u8], pending: 
     if regs.is_none() {
         bail!("{f}: thread {tid}: no registers");
     }
-    if xsave.len() < MIN_XSAVE || xsave.len() > MAX_XSAVE || xsave.len() % 64 != 0 {
+    if xsave.len() < MIN_XSAVE || xsave.len() > MAX_XSAVE || !xsave.len().is_multiple_of(64) {
         bail!("{f}: thread {tid}: xsave is {} bytes ({MIN_XSAVE}..={MAX_XSAVE}, a multiple of 64, accepted)", xsave.len());
     }
     check_len(f, format_args!("thread {tid}: pending"), pending.len(), MAX_LIST)?;
@@ -276,7 +287,7 @@ fn thread(f: &str, tid: u32, regs: Option<&pb::X86Regs>, xsave: &[u8], pending: 
         check_len(f, format_args!("thread {tid}: groups"), c.groups.len(), NGROUPS_MAX)?;
         check_len(f, format_args!("thread {tid}: seccomp_filters"), c.seccomp_filters.len(), MAX_LIST)?;
         for (i, s) in c.seccomp_filters.iter().enumerate() {
-            if s.insns.is_empty() || s.insns.len() % 8 != 0 || s.insns.len() > BPF_MAXINSNS * 8 {
+            if s.insns.is_empty() || !s.insns.len().is_multiple_of(8) || s.insns.len() > BPF_MAXINSNS * 8 {
                 bail!("{f}: thread {tid}: seccomp filter {i} is {} bytes (1..={BPF_MAXINSNS} instructions of 8 bytes)", s.insns.len());
             }
         }
@@ -310,7 +321,7 @@ fn mm(pid: u32, mm: &pb::Mm, files: &FileTable, mem_files: usize) -> Result<()> 
                 bail!("{f}: {}: file_id {} is not in files.img", at(), v.file_id);
             }
         }
-        if v.pgoff % PAGE_SIZE != 0 || v.pgoff.checked_add(v.end - v.start).is_none_or(|e| e > i64::MAX as u64) {
+        if !v.pgoff.is_multiple_of(PAGE_SIZE) || v.pgoff.checked_add(v.end - v.start).is_none_or(|e| e > i64::MAX as u64) {
             bail!("{f}: {}: pgoff {:#x} not page aligned or out of range", at(), v.pgoff);
         }
         if v.prot & !7 != 0 {
@@ -328,10 +339,10 @@ fn mm(pid: u32, mm: &pb::Mm, files: &FileTable, mem_files: usize) -> Result<()> 
 
 fn vma_range(f: &str, i: usize, v: &pb::Vma, prev: Option<&pb::Vma>) -> Result<()> {
     let at = format!("vma {i} [{:#x}-{:#x})", v.start, v.end);
-    if v.start % PAGE_SIZE != 0 {
+    if !v.start.is_multiple_of(PAGE_SIZE) {
         bail!("{f}: {at}: start not page aligned");
     }
-    if v.end % PAGE_SIZE != 0 {
+    if !v.end.is_multiple_of(PAGE_SIZE) {
         bail!("{f}: {at}: end not page aligned");
     }
     if v.start >= v.end || v.end > TASK_SIZE {
@@ -357,7 +368,7 @@ fn mm_fields(f: &str, mm: &pb::Mm) -> Result<()> {
             bail!("{f}: {a} {x:#x} / {b} {y:#x}: not in order below {TASK_SIZE:#x}");
         }
     }
-    if mm.auxv.len() % 2 != 0 || mm.auxv.len() > AUXV_WORDS {
+    if !mm.auxv.len().is_multiple_of(2) || mm.auxv.len() > AUXV_WORDS {
         bail!("{f}: auxv has {} words (an even number, at most {AUXV_WORDS})", mm.auxv.len());
     }
     Ok(())
@@ -371,7 +382,7 @@ fn pagemap(pid: u32, pm: &[pb::PagemapEntry], vmas: &[pb::Vma]) -> Result<()> {
     for (i, e) in pm.iter().enumerate() {
         let end = u64::from(e.nr_pages).checked_mul(PAGE_SIZE).and_then(|n| e.vaddr.checked_add(n)).unwrap_or(u64::MAX);
         let at = format!("entry {i} ({:#x}, {} pages)", e.vaddr, e.nr_pages);
-        if e.vaddr % PAGE_SIZE != 0 || e.nr_pages == 0 || end > TASK_SIZE {
+        if !e.vaddr.is_multiple_of(PAGE_SIZE) || e.nr_pages == 0 || end > TASK_SIZE {
             bail!("{f}: {at}: not a page aligned, non-empty range of user addresses");
         }
         if e.flags & !(pb::PageFlags::PagePresent as u32) != 0 {

@@ -241,7 +241,9 @@ fn pid_in_use_names_the_user() {
 }
 
 /// Every finding of the fuzzer (tests/fuzz/crashes/*, image sets) goes
-/// through the planning entry point without a panic; so does the corpus.
+/// through the planning entry point without a panic; one with an
+/// `expect` file must be refused with an error containing its text. The
+/// corpus goes through too.
 #[test]
 fn fuzz_crashes_replayed() {
     let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fuzz");
@@ -250,9 +252,13 @@ fn fuzz_crashes_replayed() {
         let Ok(entries) = fs::read_dir(root.join(sub)) else { continue };
         for e in entries.flatten().filter(|e| e.path().is_dir()) {
             let r = std::panic::catch_unwind(|| rcr::restore::plan_only(&e.path()).map(|_| ()));
-            assert!(r.is_ok(), "{}: restore planning panicked", e.path().display());
+            let r = r.unwrap_or_else(|_| panic!("{}: restore planning panicked", e.path().display()));
+            if let Ok(want) = fs::read_to_string(e.path().join("expect")) {
+                let err = format!("{:#}", r.expect_err("a finding with an expect file must be refused"));
+                assert!(err.contains(want.trim()), "{}: the error should contain {:?}: {err}", e.path().display(), want.trim());
+            }
             n += 1;
         }
     }
-    assert!(n >= 2, "no corpus in {}", root.display());
+    assert!(n >= 3, "no corpus in {}", root.display());
 }

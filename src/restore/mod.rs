@@ -3,12 +3,13 @@
 //! Steps, each a function below:
 //! 1. [`load`]: decode the images and check every field of them
 //!    ([`validate::shared`], [`validate::process`]: sizes, counts,
-//!    addresses, fd numbers, lengths, enum values, ids between images)
-//!    before the memory plan of each process is made,
+//!    addresses, fd numbers, lengths, enum values, ids between images),
+//!    check that sessions and groups can be rebuilt ([`crate::tree::plan`]),
+//!    then make the memory plan of each process,
 //! 2. [`validate::environment`]: every PID and TID is free, the files are
-//!    unchanged, the vDSO and XSAVE layouts fit this machine, sessions and
-//!    groups can be rebuilt ([`crate::tree::plan`]) — nothing is created
-//!    before this ([`plan_only`] stops here),
+//!    unchanged, the XSAVE state fits this CPU, limits and credentials
+//!    can be given — nothing is created before this ([`plan_only`] stops
+//!    here),
 //! 3. [`bootstrap::Region::build`]: for each live process, place the
 //!    restorer blob, its arguments and the sigframes of its threads in
 //!    rcr's own memory, where the forked tree will inherit them,

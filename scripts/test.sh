@@ -4,9 +4,9 @@
 # library headers (build-essential), nftables, tmux and redis (see
 # tools.sh), and a Rust toolchain through rustup
 # if none >= MIN_RUST is usable. Runs cargo test, then a smoke run of the
-# benchmark suite (scripts/bench --quick --selftest) and the soak
-# (scripts/soak: 200 dumps and restores of one running tree). Exits
-# non-zero if any fails.
+# benchmark suite (scripts/bench --quick --selftest), the image fuzzer
+# for 20 s (scripts/fuzz) and the soak (scripts/soak: 200 dumps and
+# restores of one running tree). Exits non-zero if any fails.
 #
 # Usage: sudo scripts/test.sh [extra cargo test arguments]
 #
@@ -39,3 +39,7 @@ echo "test.sh: scripts/bench --quick --selftest passed"
 # The soak: the same running tree dumped and restored 200 times (about a
 # minute), its state and leaks checked after every round.
 scripts/soak 200 || die "scripts/soak failed"
+# The image fuzzer for a short fixed time: a panic, hang or runaway memory
+# on a mutated image set fails the run (the input is kept in tests/fuzz/crashes/).
+scripts/fuzz 20 >"$out/fuzz" 2>&1 || { cat "$out/fuzz"; die "scripts/fuzz found a crash (see tests/fuzz/crashes/)"; }
+tail -n 1 "$out/fuzz"

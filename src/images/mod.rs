@@ -377,7 +377,9 @@ impl ImageWriter {
     }
 }
 
-/// Reads the raw framed entries of a protobuf image file.
+/// Reads the raw framed entries of a protobuf image file. A length is
+/// checked against [`MAX_ENTRY`] and against what is left of the file
+/// before anything is allocated for it.
 pub fn read_raw_entries(path: &Path, want: Option<Kind>) -> Result<(Kind, Vec<Vec<u8>>)> {
     read_raw_from(open_no_symlink(path)?, path, want)
 }
@@ -400,6 +402,7 @@ pub fn open_no_symlink(path: &Path) -> Result<File> {
 /// Reads the raw framed entries of an open image file (`path` names it in
 /// messages).
 pub fn read_raw_from(f: File, path: &Path, want: Option<Kind>) -> Result<(Kind, Vec<Vec<u8>>)> {
+    let size = f.metadata().with_context(|| format!("reading {}", path.display()))?.len();
     let mut r = BufReader::new(f);
     let mut h = [0u8; 8];
     r.read_exact(&mut h).with_context(|| format!("{}: truncated header", path.display()))?;
@@ -408,16 +411,22 @@ pub fn read_raw_from(f: File, path: &Path, want: Option<Kind>) -> Result<(Kind, 
         bail!("{}: a pages file holds raw pages, not entries", path.display());
     }
     let mut out = Vec::new();
+    let mut pos = 8u64;
     loop {
         let mut lb = [0u8; 4];
         match r.read(&mut lb[..1])? {
             0 => break,
             _ => r.read_exact(&mut lb[1..]).with_context(|| format!("{}: entry {} truncated length", path.display(), out.len()))?,
         }
+        pos += 4;
         let len = u32::from_le_bytes(lb);
         if len > MAX_ENTRY {
             bail!("{}: entry {} claims {} bytes (limit {})", path.display(), out.len(), len, MAX_ENTRY);
         }
+        if u64::from(len) > size.saturating_sub(pos) {
+            bail!("{}: entry {} truncated: claims {} bytes, {} left in the file", path.display(), out.len(), len, size.saturating_sub(pos));
+        }
+        pos += u64::from(len);
         let mut b = vec![0u8; len as usize];
         r.read_exact(&mut b).with_context(|| format!("{}: entry {} truncated", path.display(), out.len()))?;
         out.push(b);

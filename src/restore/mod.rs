@@ -1,10 +1,15 @@
 //! The restore pipeline: `rcr restore -D DIR`.
 //!
 //! Steps, each a function below:
-//! 1. [`load`]: read and cross-check the images of every process,
-//! 2. [`validate`]: every PID and TID is free, the files are unchanged,
-//!    the vDSO and XSAVE layouts fit this machine, sessions and groups can
-//!    be rebuilt ([`crate::tree::plan`]) — nothing is created before this,
+//! 1. [`load`]: decode the images and check every field of them
+//!    ([`validate::shared`], [`validate::process`]: sizes, counts,
+//!    addresses, fd numbers, lengths, enum values, ids between images),
+//!    check that sessions and groups can be rebuilt ([`crate::tree::plan`]),
+//!    then make the memory plan of each process,
+//! 2. [`validate::environment`]: every PID and TID is free, the files are
+//!    unchanged, the XSAVE state fits this CPU, limits and credentials
+//!    can be given — nothing is created before this ([`plan_only`] stops
+//!    here),
 //! 3. [`bootstrap::Region::build`]: for each live process, place the
 //!    restorer blob, its arguments and the sigframes of its threads in
 //!    rcr's own memory, where the forked tree will inherit them,
@@ -31,6 +36,7 @@
 pub mod bootstrap;
 pub mod child;
 pub mod supervise;
+pub mod validate;
 
 use crate::arch::cur as arch;
 use crate::files::tty::shell::Foreground;
@@ -43,7 +49,7 @@ use crate::tree::Kin;
 use anyhow::{bail, Context, Result};
 use bootstrap::Region;
 use rcr_abi::RestoreStep;
-use std::collections::{HashMap, HashSet};
+use std::collections::HashMap;
 use std::os::fd::RawFd;
 use std::path::PathBuf;
 
@@ -182,7 +188,7 @@ pub fn run(o: &Options) -> Result<i32> {
     tree.fd_images.shell_job = o.shell_job;
     tree.fd_images.tcp_established = o.tcp_established;
     let lock = tree.net_lock.clone();
-    let r = validate(&tree).and_then(|()| restore_job(&tree));
+    let r = validate::environment(&tree).and_then(|()| restore_job(&tree));
     let job = if lock.is_empty() {
         r?
     } else {
@@ -279,8 +285,20 @@ fn build_regions(tree: &Tree) -> Result<Vec<Option<Region>>> {
     Ok(regions)
 }
 
+/// Steps 1 and 2 without forking anything: loads and checks the image set
+/// at `path` against this machine (what `rcr restore` does before it
+/// creates anything; the entry point of the image fuzzer).
+pub fn plan_only(path: &std::path::Path) -> Result<Tree> {
+    let tree = load(path)?;
+    validate::environment(&tree)?;
+    Ok(tree)
+}
+
+/// Step 1: decodes every image and checks it ([`validate::shared`],
+/// [`validate::process`]) before planning the memory of each process.
 fn load(path: &std::path::Path) -> Result<Tree> {
     let dir = ImageDir::open(path)?;
+    let limits = validate::Limits::host()?;
     let inv: pb::Inventory = dir.read_one(Kind::Inventory, None)?;
     if inv.format_version != FORMAT_VERSION {
         bail!("inventory.img: format_version {} (this rcr reads {})", inv.format_version, FORMAT_VERSION);
@@ -294,14 +312,16 @@ fn load(path: &std::path::Path) -> Result<Tree> {
         Some(e) => bail!("pstree.img: the first process is {}, but inventory.img names root_pid {}", e.pid, inv.root_pid),
         None => bail!("pstree.img: no processes"),
     }
-    let kins = crate::tree::plan(&entries)?;
     let files = FileTable::from_images(dir.read_all(Kind::Files, None)?);
     let fd_images = crate::files::fds::Images::load(&dir)?;
+    validate::shared(&inv, &entries, &files, &fd_images, &limits)?;
+    let kins = crate::tree::plan(&entries)?;
     let self_maps = proc::maps(std::process::id() as i32)?;
     let index: HashMap<u32, usize> = entries.iter().enumerate().map(|(i, e)| (e.pid, i)).collect();
     let mut procs = Vec::with_capacity(entries.len());
+    let cx = LoadCx { dir: &dir, files: &files, fd_images: &fd_images, self_maps: &self_maps, limits: &limits };
     for (entry, kin) in entries.iter().zip(kins) {
-        procs.push(load_process(&dir, entry.clone(), kin, &files, &self_maps)?);
+        procs.push(load_process(&cx, entry.clone(), kin)?);
     }
     for (i, e) in entries.iter().enumerate().skip(1) {
         let parent = index[&e.ppid];
@@ -313,15 +333,25 @@ fn load(path: &std::path::Path) -> Result<Tree> {
     Ok(Tree { procs, files, fd_images, net_lock: inv.network_lock, bound: None })
 }
 
-fn load_process(dir: &ImageDir, entry: pb::PstreeEntry, kin: Kin, files: &FileTable, self_maps: &[proc::MapEntry]) -> Result<Proc> {
-    let pid = Some(entry.pid);
+/// What [`load_process`] reads against.
+struct LoadCx<'a> {
+    dir: &'a ImageDir,
+    files: &'a FileTable,
+    fd_images: &'a crate::files::fds::Images,
+    self_maps: &'a [proc::MapEntry],
+    limits: &'a validate::Limits,
+}
+
+fn load_process(cx: &LoadCx, entry: pb::PstreeEntry, kin: Kin) -> Result<Proc> {
+    let (dir, pid) = (cx.dir, Some(entry.pid));
     let core: pb::TaskCore = dir.read_one(Kind::Core, pid)?;
     if core.pid != entry.pid {
         bail!("core-{}.img: holds pid {}", entry.pid, core.pid);
     }
     let mut p = Proc { entry, kin, live: None, exit_status: core.exit_status, comm: core.comm.clone(), stopped: false, children: Vec::new() };
     match pb::TaskState::try_from(core.state).ok() {
-        Some(pb::TaskState::Zombie) => return Ok(p),
+        Some(pb::TaskState::Zombie) if p.entry.threads.is_empty() => return Ok(p),
+        Some(pb::TaskState::Zombie) => bail!("core-{}.img: a zombie, but pstree.img lists threads {:?} for it", p.entry.pid, p.entry.threads),
         Some(pb::TaskState::Alive) => {}
         Some(pb::TaskState::Stopped) => p.stopped = true,
         _ => bail!("core-{}.img: task state {} is not one this rcr restores", p.entry.pid, core.state),
@@ -330,49 +360,17 @@ fn load_process(dir: &ImageDir, entry: pb::PstreeEntry, kin: Kin, files: &FileTa
     if p.entry.threads.first() != Some(&p.entry.pid) || p.entry.threads[1..] != tids[..] {
         bail!("core-{}.img: threads {tids:?} do not match pstree.img's {:?}", p.entry.pid, p.entry.threads);
     }
-    if let Some(t) = core.threads.iter().find(|t| t.xsave.len() != core.xsave.len()) {
-        bail!("core-{}.img: thread {} has an XSAVE area of {} bytes, the leader {}", p.entry.pid, t.tid, t.xsave.len(), core.xsave.len());
-    }
     let mm: pb::Mm = dir.read_one(Kind::Mm, pid)?;
     let pagemap: Vec<pb::PagemapEntry> = dir.read_all(Kind::Pagemap, pid)?;
-    let fds = dir.read_all(Kind::Fdinfo, pid)?;
-    let fs = dir.read_one(Kind::Fs, pid)?;
+    let fds: Vec<pb::FdEntry> = dir.read_all(Kind::Fdinfo, pid)?;
+    let fs: pb::Fs = dir.read_one(Kind::Fs, pid)?;
+    let imgs = validate::ProcImages { pid: p.entry.pid, core: &core, mm: &mm, pagemap: &pagemap, fds: &fds, fs: &fs };
+    validate::process(&imgs, cx.files, cx.fd_images, cx.limits)?;
     let pages_name = ImageDir::name(Kind::Pages, pid);
-    check_pages_file(dir, &pages_name, &pagemap)?;
-    let plan = crate::mm::restore::plan(&mm, &pagemap, files, self_maps).with_context(|| format!("pid {}", p.entry.pid))?;
+    validate::pages_file(dir, &pages_name, &pagemap)?;
+    let plan = crate::mm::restore::plan(&mm, &pagemap, cx.files, cx.self_maps).with_context(|| format!("pid {}", p.entry.pid))?;
     p.live = Some(Box::new(Loaded { core, mm, fds, fs, pages_dir: dir.clone(), pages_name, plan }));
     Ok(p)
-}
-
-fn validate(tree: &Tree) -> Result<()> {
-    crate::files::fds::validate(&tree.fd_images, &tree.files)?;
-    let mut ids = HashSet::new();
-    for p in &tree.procs {
-        for &tid in &p.entry.threads {
-            if !ids.insert(tid) {
-                bail!("pstree.img: id {tid} appears twice");
-            }
-        }
-        if p.live.is_none() && !ids.insert(p.entry.pid) {
-            bail!("pstree.img: id {} appears twice", p.entry.pid);
-        }
-    }
-    for &id in &ids {
-        if let Ok(st) = proc::stat(id as i32) {
-            bail!("pid {id} is in use (by {:?}); rcr restores processes and threads with their original ids", st.comm);
-        }
-    }
-    for p in &tree.procs {
-        let Some(l) = &p.live else { continue };
-        tree.fd_images.check_fds(p.pid(), &l.fds)?;
-        if let Some(exe) = tree.files.get(l.mm.exe_file_id) {
-            crate::files::reg::check("exe link", exe, crate::files::reg::Content::SameSize)?;
-        }
-        arch::check_xsave_compatible(&l.core.xsave, host_xsave_size())?;
-        crate::timers::validate(&l.core)?;
-        crate::creds::restore::validate(p.entry.pid, &l.core)?;
-    }
-    Ok(())
 }
 
 /// Forks the root with its saved PID and seizes it (its descendants and
@@ -412,29 +410,16 @@ fn fork_root(tree: &Tree, regions: &mut [Option<Region>], inherited: &Inherited)
     };
     // Let the root go: from now on everything it creates is traced.
     let mut go = std::fs::File::from(go_w);
-    std::io::Write::write_all(&mut go, b"g").context("starting the restore child")?;
-    Ok((tracee, std::fs::File::from(err_r)))
-}
-
-fn check_pages_file(dir: &ImageDir, name: &str, pagemap: &[pb::PagemapEntry]) -> Result<()> {
-    use std::io::Read;
-    let path = &dir.path.join(name);
-    let mut f = dir.open_file(name)?;
-    let mut h = [0u8; 8];
-    f.read_exact(&mut h).with_context(|| format!("{}: truncated header", path.display()))?;
-    crate::images::check_header(path, h, Some(Kind::Pages))?;
-    let pages: u64 = pagemap.iter().map(|p| u64::from(p.nr_pages)).sum();
-    let need = crate::images::PAGES_DATA_OFFSET + pages * crate::images::PAGE_SIZE;
-    let have = f.metadata()?.len();
-    if have != need {
-        bail!("{}: {} bytes, but the pagemap describes {}", path.display(), have, need);
+    if let Err(e) = std::io::Write::write_all(&mut go, b"g") {
+        supervise::kill_tree(tree);
+        return Err(e).context("starting the restore child");
     }
-    Ok(())
+    Ok((tracee, std::fs::File::from(err_r)))
 }
 
 /// Size of the XSAVE area this CPU uses for the enabled features
 /// (CPUID leaf 0xD, sub-leaf 0, EBX).
-fn host_xsave_size() -> usize {
+pub fn host_xsave_size() -> usize {
     std::arch::x86_64::__cpuid_count(0xd, 0).ebx as usize
 }
 

@@ -88,7 +88,7 @@ pub fn run(tree: &Tree, spans: &[Option<RegionSpan>], root: Tracee, err: std::fs
     if let Err(e) = result {
         let msg = s.child_error();
         kill_tree(tree);
-        s.tracees.drain().for_each(|(_, t)| t.reap_killed());
+        s.tracees.drain().for_each(|(_, mut t)| t.forget());
         return Err(if msg.is_empty() { e } else { e.context(msg) });
     }
     for (_, t) in s.tracees.drain() {
@@ -99,7 +99,8 @@ pub fn run(tree: &Tree, spans: &[Option<RegionSpan>], root: Tracee, err: std::fs
     Ok(())
 }
 
-/// Kills every process of the tree that rcr traces or forked, by PID.
+/// Kills every process of the tree that rcr traces or forked, by PID, and
+/// reaps every task rcr traces or forked, threads included.
 pub fn kill_tree(tree: &Tree) {
     let me = std::process::id().to_string();
     for (i, p) in tree.procs.iter().enumerate() {
@@ -109,7 +110,24 @@ pub fn kill_tree(tree: &Tree) {
             let _ = nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid), nix::sys::signal::Signal::SIGKILL);
         }
     }
-    let _ = nix::sys::wait::waitpid(nix::unistd::Pid::from_raw(tree.procs[0].pid()), None);
+    reap_all(std::time::Duration::from_secs(5));
+}
+
+/// Reaps whatever ends among rcr's children and tracees until none is
+/// left (or `limit` passed: a task rcr did not kill; PTRACE_O_EXITKILL
+/// ends it with rcr). In the order they end, not pid by pid: the exit of
+/// a killed leader is reported only once rcr reaped its traced threads,
+/// so waiting for one pid first could wait forever.
+fn reap_all(limit: std::time::Duration) {
+    use nix::sys::wait::{waitpid, WaitPidFlag, WaitStatus};
+    let start = std::time::Instant::now();
+    while start.elapsed() < limit {
+        match waitpid(None, Some(WaitPidFlag::__WALL | WaitPidFlag::WNOHANG)) {
+            Ok(WaitStatus::StillAlive) => std::thread::sleep(std::time::Duration::from_millis(2)),
+            Ok(_) | Err(nix::errno::Errno::EINTR) => {}
+            Err(_) => return,
+        }
+    }
 }
 
 impl Supervisor<'_> {

@@ -90,19 +90,31 @@ pub fn xstate_bv(xsave: &[u8]) -> u64 {
         .unwrap_or(0)
 }
 
+/// Names of the XSAVE state components (bit n of XCR0 / xstate_bv).
+const XSAVE_FEATURES: [&str; 20] = [
+    "x87", "SSE", "AVX", "MPX BNDREGS", "MPX BNDCSR", "AVX-512 opmask", "AVX-512 ZMM_Hi256", "AVX-512 Hi16_ZMM", "PT", "PKRU", "PASID", "CET_U",
+    "CET_S", "HDC", "UINTR", "LBR", "HWP", "AMX TILECFG", "AMX TILEDATA", "APX",
+];
+
+/// The names of the components in `bits`, e.g. "AVX-512 opmask, PKRU".
+pub fn xsave_feature_names(bits: u64) -> String {
+    (0..64).filter(|b| bits & (1 << b) != 0).map(|b| XSAVE_FEATURES.get(b).map_or(format!("component {b}"), |n| n.to_string())).collect::<Vec<_>>().join(", ")
+}
+
 /// Checks that an XSAVE area dumped elsewhere can be loaded here.
 pub fn check_xsave_compatible(xsave: &[u8], host_xsave_size: usize) -> Result<()> {
     let need = xstate_bv(xsave);
     let have = xcr0();
     if need & !have != 0 {
         bail!(
-            "core image: xsave holds CPU state components {:#x} this CPU does not enable (XCR0 {:#x})",
+            "xsave holds CPU state this CPU does not enable: {} (xstate_bv {:#x}, this CPU's XCR0 {:#x})",
+            xsave_feature_names(need & !have),
             need,
             have
         );
     }
     if xsave.len() > host_xsave_size || xsave.len() < XSAVE_HEADER_OFFSET + 64 {
-        bail!("core image: xsave area of {} bytes does not fit this CPU ({} bytes)", xsave.len(), host_xsave_size);
+        bail!("xsave area of {} bytes does not fit this CPU ({} bytes)", xsave.len(), host_xsave_size);
     }
     Ok(())
 }

@@ -34,6 +34,10 @@ pub const FORMAT_VERSION: u32 = 2;
 pub const MAX_ENTRY: u32 = 64 << 20;
 pub const PAGE_SIZE: u64 = 4096;
 
+/// File present in an image directory while a dump writes into it, and
+/// left there by a dump that did not finish: `rcr restore` refuses the set.
+pub const INCOMPLETE_MARKER: &str = "dump-incomplete";
+
 /// Kinds of image file: the magic each starts with and its file name.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Kind {
@@ -138,10 +142,43 @@ impl ImageDir {
     }
 
     pub fn open(path: &Path) -> Result<Self> {
+        let marker = path.join(INCOMPLETE_MARKER);
+        if marker.exists() {
+            bail!("{}: incomplete image set: the dump did not finish ({} exists)", path.display(), marker.display());
+        }
         if !path.join("inventory.img").exists() {
             bail!("{} is not an rcr image set (no inventory.img)", path.display());
         }
         Ok(Self { path: path.to_path_buf(), unsynced: Default::default() })
+    }
+
+    /// Marks the directory as holding an unfinished dump before anything
+    /// is written into it: the marker is created (durably), then the
+    /// inventory of an older set in it is removed, so at every moment the
+    /// directory either holds the marker or no inventory, and never passes
+    /// for a complete set mixing old and new files.
+    pub fn begin_dump(&self) -> Result<()> {
+        let marker = self.path.join(INCOMPLETE_MARKER);
+        let f = File::create(&marker).with_context(|| format!("creating {}", marker.display()))?;
+        f.sync_all().with_context(|| format!("syncing {}", marker.display()))?;
+        self.sync_dir()?;
+        let inv = self.file(Kind::Inventory, None);
+        match std::fs::remove_file(&inv) {
+            Err(e) if e.kind() != std::io::ErrorKind::NotFound => Err(e).with_context(|| format!("removing the old {}", inv.display())),
+            _ => self.sync_dir(),
+        }
+    }
+
+    /// The dump is complete (every file, the inventory last, is on disk):
+    /// removes the marker.
+    pub fn mark_complete(&self) -> Result<()> {
+        let marker = self.path.join(INCOMPLETE_MARKER);
+        std::fs::remove_file(&marker).with_context(|| format!("removing {}", marker.display()))?;
+        self.sync_dir()
+    }
+
+    fn sync_dir(&self) -> Result<()> {
+        File::open(&self.path).and_then(|d| d.sync_all()).with_context(|| format!("syncing directory {}", self.path.display()))
     }
 
     /// Waits until every file written so far is on disk (fdatasync each;

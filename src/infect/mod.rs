@@ -430,7 +430,7 @@ impl Tracee {
         let mut results = Vec::with_capacity(calls.len());
         for (i, &(nr, _)) in calls.iter().enumerate() {
             self.step_syscall()?;
-            crate::fault::point("inside a guarded remote syscall");
+            crate::fault::kill_point("inside a guarded remote syscall");
             self.step_syscall()?;
             let mut r = self.get_regs()?;
             results.push(r.rax as i64);

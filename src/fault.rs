@@ -3,7 +3,8 @@
 //! Each call to [`point`] is a numbered place (counting from 1) where a
 //! dump may fail or rcr may die. In rcr's environment:
 //! - `RCR_FAULT_KILL_AT=N`: rcr sends itself SIGKILL at the N-th point,
-//! - `RCR_FAULT_FAIL_AT=N`: the N-th point returns an error, which takes
+//! - `RCR_FAULT_FAIL_AT=N`: the N-th point (or the first after it that
+//!   can fail, see [`kill_point`]) returns an error, which takes
 //!   the dump's normal error path (the tree is cured, detached and left
 //!   running, the images removed).
 //!
@@ -15,11 +16,12 @@
 //! flag; the next point (and [`check`] in long loops) turns it into an
 //! error, so an interrupted dump takes the same error path.
 use anyhow::{bail, Result};
-use std::sync::atomic::{AtomicI32, AtomicU32, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicI32, AtomicU32, Ordering};
 use std::sync::OnceLock;
 
 static PASSED: AtomicU32 = AtomicU32::new(0);
 static INTERRUPTED: AtomicI32 = AtomicI32::new(0);
+static FAILED: AtomicBool = AtomicBool::new(false);
 
 fn env_at(var: &'static str) -> Option<u32> {
     std::env::var(var).ok().and_then(|v| v.parse().ok())
@@ -47,9 +49,12 @@ pub fn point(name: &str) -> Result<()> {
 /// follow one could not run.
 pub fn inject(name: &str) -> Result<()> {
     let n = kill_point(name);
-    if fail_at() == Some(n) {
+    // The first failable point at or after N fails ([`kill_point`]s are
+    // counted but cannot fail), and only once: the cleanup that follows
+    // passes points too.
+    if let Some(at) = fail_at().filter(|&at| n >= at && !FAILED.swap(true, Ordering::SeqCst)) {
         crate::log::info(&format!("fault injection: failing at point {n} ({name})"));
-        bail!("injected fault at point {n} ({name}) (RCR_FAULT_FAIL_AT={n})");
+        bail!("injected fault at point {n} ({name}) (RCR_FAULT_FAIL_AT={at})");
     }
     Ok(())
 }

@@ -80,6 +80,7 @@ pub fn run(o: &Options) -> Result<()> {
         files::inet::check_nft()?;
     }
     fault::catch_interrupts()?;
+    crate::infect::watch_for_exits()?;
     // Declared before the frozen tree: dropped after it is released.
     let _watchdog = watchdog::start()?;
     crate::sys::raise_nofile();
@@ -374,8 +375,9 @@ fn write_pages(t: &Tracee, p: &mut Parasite, dir: &ImageDir, c: &Collected, via:
         }
     };
     let how = source.describe();
-    mm::dump::dump_pages(t.pid(), &c.mm.vmas, source, sink.as_mut())?;
-    let pagemap = (sink as Box<dyn PageSink>).finish()?;
+    let file = || format!("pid {}: saving its memory into {}", t.pid(), dir.file(Kind::Pages, Some(t.pid() as u32)).display());
+    mm::dump::dump_pages(t.pid(), &c.mm.vmas, source, sink.as_mut()).with_context(file)?;
+    let pagemap = (sink as Box<dyn PageSink>).finish().with_context(file)?;
     let saved: u64 = pagemap.iter().map(|e| u64::from(e.nr_pages)).sum();
     stats::add(stats::Count::PagesWritten, saved);
     log::info(&format!("pid {}: {} pages saved in {} runs via {how}", t.pid(), saved, pagemap.len()));

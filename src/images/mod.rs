@@ -205,7 +205,7 @@ impl ImageDir {
         let path = self.file(kind, pid);
         let mut w = ImageWriter::create(&path, kind)?;
         for m in msgs {
-            w.push(m)?;
+            w.push(m).with_context(|| format!("writing {}", path.display()))?;
         }
         w.finish().with_context(|| format!("writing {}", path.display()))?;
         self.unsynced.lock().map_err(|_| anyhow::anyhow!("image sync list poisoned"))?.push(path);

@@ -11,7 +11,11 @@
 //! - `thread_appears_mid_dump`: `faulty threads` creates threads without
 //!   pause, dumped (-R) ten times;
 //! - `late_refusal_in_second_process`: `faulty late`, whose child holds a
-//!   socket with an fd in flight: refused after the root was infected.
+//!   socket with an fd in flight: refused after the root was infected;
+//! - `sigkill_with_tcp_established`: RCR_FAULT_KILL_AT=1, 2, ... on a
+//!   `--tcp-established -R` dump of `inet server`: the watchdog turns
+//!   TCP_REPAIR off and deletes the lock table; the connection then
+//!   carries both streams to their end.
 //!
 //! Each time: rcr exits non-zero saying why, the victim's maps, fds and
 //! status are as before (harness snapshot), it is not traced, no
@@ -309,4 +313,96 @@ fn late_refusal_in_second_process() {
     }
     assert_restore_refused(&t, &images, "restore-late", "after the late refusal");
     t.go_expect_original_pass();
+}
+
+/// Waits (bounded) until no dump watchdog of a killed rcr runs any more
+/// (orphaned, they are reparented to this test process, a child
+/// subreaper; their command line is `rcr __watchdog`).
+fn wait_watchdogs(what: &str) {
+    let me = std::process::id().to_string();
+    let start = Instant::now();
+    loop {
+        let busy: Vec<i32> = fs::read_dir("/proc")
+            .map(|d| d.flatten().filter_map(|e| e.file_name().to_str()?.parse().ok()).collect())
+            .unwrap_or_else(|_| Vec::new())
+            .into_iter()
+            .filter(|&p: &i32| stat_fields(p).get(1) == Some(&me))
+            .filter(|p| fs::read(format!("/proc/{p}/cmdline")).is_ok_and(|c| c.split(|&b| b == 0).any(|a| a == b"__watchdog")))
+            .collect();
+        if busy.is_empty() {
+            return;
+        }
+        assert!(start.elapsed() < Duration::from_secs(15), "{what}: the dump watchdog(s) {busy:?} still run after 15 s");
+        std::thread::sleep(Duration::from_millis(5));
+    }
+}
+
+/// The network lock tables of rcr process `rcr` (`inet rcr-PID-MS`).
+fn tables_of(rcr: u32) -> Vec<String> {
+    let out = Command::new("nft").args(["list", "tables"]).output().expect("running nft list tables");
+    let want = format!("rcr-{rcr}-");
+    String::from_utf8_lossy(&out.stdout).lines().filter(|l| l.contains(&want)).map(|l| l.trim().to_string()).collect()
+}
+
+/// rcr is killed at every fault point of a `--tcp-established -R` dump of
+/// a server with a connection to this test: each time the watchdog turns
+/// TCP_REPAIR off and deletes the network lock table; in the end the
+/// connection carries both streams to their end (a socket left in repair
+/// mode or a lock left in place would stall it) and the server passes.
+#[test]
+fn sigkill_with_tcp_established() {
+    use std::io::{Read, Write};
+    let Some(mut t) = TestEnv::new("sigkill_with_tcp_established") else { return };
+    if Command::new("nft").arg("--version").output().map_or(true, |o| !o.status.success()) {
+        eprintln!("skipping {}: no nft", t.name);
+        return;
+    }
+    let pid = t.spawn_victim("inet", &["server", "v4"], false);
+    t.wait_log("PORT", |l| l.starts_with("PORT "));
+    let port: u16 = t.log_text().lines().find_map(|l| l.strip_prefix("PORT ")?.trim().parse().ok()).expect("PORT line");
+    let mut client = std::net::TcpStream::connect(("127.0.0.1", port)).expect("connecting to the server");
+    t.wait_ready();
+    const SENT: usize = 100_000;
+    let out: Vec<u8> = (0..SENT).map(|i| (i % 251) as u8).collect();
+    client.write_all(&out).expect("client write");
+    let started = Instant::now();
+    let (mut repaired, mut unlocked) = (0, 0);
+    let mut n = 1u32;
+    loop {
+        assert!(n <= 500 && started.elapsed() < BOUND, "rcr still killed at point {n}");
+        let images = t.dir.join(format!("img-{n}"));
+        let mut args = dump_args(pid, &images);
+        args.push("--tcp-established".into());
+        let (mut child, err) = spawn_rcr_env(&t, &format!("tcp-{n}"), &[("RCR_FAULT_KILL_AT", n.to_string())], &strs(&args));
+        let rcr = child.id();
+        let st = wait_child(&mut child, "rcr dump --tcp-established");
+        let what = format!("after rcr was killed at point {n} of a --tcp-established dump");
+        wait_watchdogs(&what);
+        if st.success() {
+            break;
+        }
+        assert_eq!(st.signal(), Some(libc::SIGKILL), "{what}: rcr ended with {}", describe(st));
+        let err = fs::read_to_string(err).unwrap_or_default();
+        repaired += err.matches("TCP_REPAIR turned off").count();
+        unlocked += usize::from(fs::read_to_string(t.dir.join(format!("rcr-tcp-{n}.log"))).unwrap_or_default().contains("network lock table"));
+        assert!(!err.contains("error: watchdog"), "{what}: the watchdog failed:\n{err}");
+        assert_eq!(tables_of(rcr), Vec::<String>::new(), "{what}: the network lock table is left");
+        assert_runs_free(pid, &what);
+        assert_eq!(leftover(pid), None, "{what}: a parasite region is left in pid {pid}");
+        n += 1;
+    }
+    eprintln!("{}: {} kills; the watchdog turned TCP_REPAIR off {repaired} times; a lock existed in {unlocked} runs", t.name, n - 1);
+    assert!(repaired > 0 && unlocked > 0, "no kill happened while a socket was in repair mode under a lock");
+    t.go("");
+    client.shutdown(std::net::Shutdown::Write).expect("client shutdown");
+    client.set_read_timeout(Some(Duration::from_secs(60))).expect("timeout");
+    let mut got = Vec::new();
+    client.read_to_end(&mut got).expect("reading the server's stream to its end");
+    if let Some(i) = got.iter().enumerate().position(|(i, &b)| b != (i % 251) as u8) {
+        panic!("byte {i} of the server's stream is {}", got[i]);
+    }
+    let st = t.wait_victim_exit();
+    t.assert_no_fail();
+    assert!(st.success(), "the server exited with {}", describe(st));
+    assert!(t.log_text().lines().any(|l| l == format!("GOT {SENT} SENT {}", got.len())), "the server should have read {SENT} bytes and sent {}", got.len());
 }

@@ -1,7 +1,9 @@
 //! The dump pipeline: `rcr dump -t PID -D DIR`.
 //!
 //! Steps, each a function below:
-//! 1. [`preflight`]: the root exists and is something rcr can carry,
+//! 1. [`preflight`]: the root exists and is something rcr can carry; the
+//!    [`watchdog`] starts; the directory is marked incomplete
+//!    ([`ImageDir::begin_dump`]),
 //! 2. freeze ([`tree::dump::freeze`]): seize and interrupt every thread of
 //!    the root and (by default) of all its descendants, top down; check
 //!    that sessions and groups can be rebuilt ([`tree::plan`]),
@@ -11,14 +13,17 @@
 //!    (the parasite drains them), cure ([`Parasite::cure`]), read the
 //!    signals pending now ([`pending_signals`]) and write its images;
 //!    a zombie only gets its exit status written,
-//! 4. [`write_tree_images`]: pstree, files, pipes, and the inventory last
-//!    (a directory without an inventory is not an image set),
+//! 4. [`write_tree_images`]: pstree, files, pipes, and the inventory last;
+//!    then [`complete`] removes the incomplete marker,
 //! 5. finish: kill the whole tree (default) or let it all run on (`-R`).
 //!
-//! Any error before step 5 removes what was written, and drops the frozen
-//! tree (each [`Parasite`] cures its task on drop, each [`Tracee`]
-//! detaches): the tree carries on as if nothing happened.
-//! [`fault::point`]s mark where the tests kill rcr.
+//! Any error before step 5 removes what was written (the marker stays), and
+//! drops the frozen tree (each [`Parasite`] cures its task on drop, each
+//! [`Tracee`] detaches): the tree carries on as if nothing happened.
+//! [`fault::point`]s mark each step: the tests fail rcr there
+//! (`RCR_FAULT_FAIL_AT`) or kill it (`RCR_FAULT_KILL_AT`), and SIGTERM or
+//! SIGINT turn into an error at the next one. If rcr dies, the
+//! [`watchdog`] undoes what it left inside the tree.
 use crate::arch::cur as arch;
 use crate::files::{self, fds::DumpCx, inet::NetLock};
 use crate::images::pages::{PageFile, PageSink};

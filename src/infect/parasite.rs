@@ -591,8 +591,9 @@ impl Drop for Parasite<'_> {
 
 /// Unmaps parasite regions an earlier rcr left in the stopped task: when
 /// rcr is killed while the parasite is in, the parasite returns the task
-/// to its saved state by itself but cannot unmap the code it runs from. A
-/// region is recognised by its exact content (this rcr's blob at offset 0,
+/// to its saved state by itself but cannot unmap the code it runs from
+/// (the dump's watchdog does, unless it was killed too: this is the
+/// second line of defence). A region is recognised by its exact content (this rcr's blob at offset 0,
 /// the args magic after it), never by its look alone. Returns how many.
 pub fn remove_leftovers(t: &Tracee) -> Result<usize> {
     use std::os::unix::fs::FileExt;

@@ -226,8 +226,8 @@ fn unrepair(pid: i32, fd: i32) -> Result<()> {
 fn remove_region(pid: i32, start: u64, len: u64) -> Result<()> {
     let deadline = Instant::now() + Duration::from_secs(10);
     loop {
-        if !std::path::Path::new(&format!("/proc/{pid}")).exists() {
-            return Ok(()); // gone: nothing left inside it
+        if crate::infect::dead(pid) {
+            return Ok(()); // gone or a zombie: nothing left inside it
         }
         match Tracee::seize(pid) {
             Ok(t) => {

@@ -91,7 +91,7 @@ pub fn watch_for_exits() -> Result<()> {
 }
 
 /// Whether `tid` is gone or a zombie.
-fn dead(tid: i32) -> bool {
+pub fn dead(tid: i32) -> bool {
     let stat = std::fs::read_to_string(format!("/proc/{tid}/stat")).unwrap_or_default();
     let state = stat.rfind(')').and_then(|i| stat[i + 1..].split_whitespace().next()).unwrap_or("X");
     matches!(state, "Z" | "X" | "x")

@@ -160,6 +160,13 @@ fn fail_at_every_point() {
         assert!(names.iter().any(|l| l.contains(step)), "no fault point named {step:?} was passed:\n{}", names.join("\n"));
     }
     check_untouched(pid, &before, "after the complete dump -R");
+    // A dump killed while it overwrites that complete set leaves no set.
+    let (st, _) = rcr_env(&t, "overwrite", &[("RCR_FAULT_KILL_AT", (n / 2).to_string())], &strs(&dump_args(pid, &images)));
+    assert_eq!(st.signal(), Some(libc::SIGKILL), "RCR_FAULT_KILL_AT={}: rcr ended with {}", n / 2, describe(st));
+    wait_watchdogs("after a dump over a complete set was killed");
+    assert!(images.join("dump-incomplete").exists() && !images.join("inventory.img").exists(), "a killed dump over a complete set left a set that looks complete");
+    assert_restore_refused(&t, &images, "restore-overwrite", "after a dump over a complete set was killed");
+    check_untouched(pid, &before, "after a dump over a complete set was killed");
     t.go_expect_original_pass();
 }
 

@@ -153,19 +153,20 @@ impl ImageDir {
     }
 
     /// Marks the directory as holding an unfinished dump before anything
-    /// is written into it: the marker is created (durably), then the
-    /// inventory of an older set in it is removed, so at every moment the
-    /// directory either holds the marker or no inventory, and never passes
-    /// for a complete set mixing old and new files.
+    /// is written into it: the marker is created, then the inventory of an
+    /// older set in it is removed, so the directory either holds the marker
+    /// or no inventory, and never passes for a complete set mixing old and
+    /// new files. The directory is synced when an old inventory was
+    /// removed (before any new file is written); without one, a crash can
+    /// only lose the marker of a set that has no inventory yet.
     pub fn begin_dump(&self) -> Result<()> {
         let marker = self.path.join(INCOMPLETE_MARKER);
-        let f = File::create(&marker).with_context(|| format!("creating {}", marker.display()))?;
-        f.sync_all().with_context(|| format!("syncing {}", marker.display()))?;
-        self.sync_dir()?;
+        File::create(&marker).with_context(|| format!("creating {}", marker.display()))?;
         let inv = self.file(Kind::Inventory, None);
         match std::fs::remove_file(&inv) {
-            Err(e) if e.kind() != std::io::ErrorKind::NotFound => Err(e).with_context(|| format!("removing the old {}", inv.display())),
-            _ => self.sync_dir(),
+            Ok(()) => self.sync_dir(),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),
+            Err(e) => Err(e).with_context(|| format!("removing the old {}", inv.display())),
         }
     }
 

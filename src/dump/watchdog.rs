@@ -184,7 +184,9 @@ fn read_journal(bytes: &[u8]) -> Left {
 /// lists. Returns the exit code.
 pub fn main() -> Result<i32> {
     sys::close_all_except(&[0, 1, 2])?;
-    // A ^C to rcr's process group must not stop the cleanup.
+    // A ^C to rcr's terminal, or a signal to its process group, must not
+    // stop the cleanup: a session of its own, SIGINT and SIGTERM caught.
+    let _ = nix::unistd::setsid();
     crate::fault::catch_interrupts()?;
     let mut sink = Vec::new();
     let _ = std::io::stdin().read_to_end(&mut sink);

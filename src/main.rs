@@ -88,6 +88,9 @@ enum Cmd {
     },
     /// Report whether this kernel has what rcr needs.
     Check,
+    /// Internal: the dump's watchdog (started by `rcr dump` itself).
+    #[command(name = "__watchdog", hide = true)]
+    Watchdog,
 }
 
 fn main() {
@@ -107,6 +110,7 @@ fn main() {
         }
         Cmd::Show { dir, json } => rcr::show::run(&dir, json).map(|()| 0),
         Cmd::Check => rcr::check::run(),
+        Cmd::Watchdog => rcr::dump::watchdog::main(),
     };
     match result {
         Ok(code) => std::process::exit(code),

@@ -1045,3 +1045,27 @@ pub fn pagemap_scan(pagemap: RawFd, start: u64, end: u64, anyof: u64, ret: u64, 
     let n = cvt(unsafe { libc::ioctl(pagemap, PAGEMAP_SCAN as _, &mut arg as *mut PmScanArg) } as libc::c_long)?;
     Ok((n as usize, arg.walk_end))
 }
+
+/// Installs `handler` for `sig` with SA_RESTART. The handler must be
+/// async-signal-safe (an atomic store).
+pub fn set_signal_handler(sig: i32, handler: extern "C" fn(i32)) -> std::io::Result<()> {
+    // SAFETY: a zeroed sigaction is valid (empty mask, no flags); the
+    // handler is a plain extern "C" fn that stays valid for the process's life.
+    let mut sa: libc::sigaction = unsafe { std::mem::zeroed() };
+    sa.sa_sigaction = handler as usize;
+    sa.sa_flags = libc::SA_RESTART;
+    // SAFETY: sa is fully initialised; the old action is not wanted.
+    cvt(unsafe { libc::sigaction(sig, &sa, std::ptr::null_mut()) } as libc::c_long).map(drop)
+}
+
+/// A copy of fd `fd` of process `pid` (pidfd_open + pidfd_getfd).
+pub fn pidfd_getfd(pid: i32, fd: RawFd) -> std::io::Result<OwnedFd> {
+    // SAFETY: pidfd_open takes a pid and flags and returns a new fd.
+    let pidfd = cvt(unsafe { libc::syscall(libc::SYS_pidfd_open, pid, 0) })?;
+    // SAFETY: the fd was just returned to us and is owned from here on.
+    let pidfd = unsafe { OwnedFd::from_raw_fd(pidfd as RawFd) };
+    // SAFETY: pidfd_getfd takes the pidfd, the target's fd number and flags; it returns a new fd.
+    let r = cvt(unsafe { libc::syscall(libc::SYS_pidfd_getfd, pidfd.as_raw_fd(), fd, 0) })?;
+    // SAFETY: as above, a fresh fd we own.
+    Ok(unsafe { OwnedFd::from_raw_fd(r as RawFd) })
+}

@@ -1,7 +1,9 @@
 //! The dump pipeline: `rcr dump -t PID -D DIR`.
 //!
 //! Steps, each a function below:
-//! 1. [`preflight`]: the root exists and is something rcr can carry,
+//! 1. [`preflight`]: the root exists and is something rcr can carry; the
+//!    [`watchdog`] starts; the directory is marked incomplete
+//!    ([`ImageDir::begin_dump`]),
 //! 2. freeze ([`tree::dump::freeze`]): seize and interrupt every thread of
 //!    the root and (by default) of all its descendants, top down; check
 //!    that sessions and groups can be rebuilt ([`tree::plan`]),
@@ -11,14 +13,17 @@
 //!    (the parasite drains them), cure ([`Parasite::cure`]), read the
 //!    signals pending now ([`pending_signals`]) and write its images;
 //!    a zombie only gets its exit status written,
-//! 4. [`write_tree_images`]: pstree, files, pipes, and the inventory last
-//!    (a directory without an inventory is not an image set),
+//! 4. [`write_tree_images`]: pstree, files, pipes, and the inventory last;
+//!    then [`complete`] removes the incomplete marker,
 //! 5. finish: kill the whole tree (default) or let it all run on (`-R`).
 //!
-//! Any error before step 5 removes what was written, and drops the frozen
-//! tree (each [`Parasite`] cures its task on drop, each [`Tracee`]
-//! detaches): the tree carries on as if nothing happened.
-//! [`fault::point`]s mark where the tests kill rcr.
+//! Any error before step 5 removes what was written (the marker stays), and
+//! drops the frozen tree (each [`Parasite`] cures its task on drop, each
+//! [`Tracee`] detaches): the tree carries on as if nothing happened.
+//! [`fault::point`]s mark each step: the tests fail rcr there
+//! (`RCR_FAULT_FAIL_AT`) or kill it (`RCR_FAULT_KILL_AT`), and SIGTERM or
+//! SIGINT turn into an error at the next one. If rcr dies, the
+//! [`watchdog`] undoes what it left inside the tree.
 use crate::arch::cur as arch;
 use crate::files::{self, fds::DumpCx, inet::NetLock};
 use crate::images::pages::{PageFile, PageSink};
@@ -30,6 +35,8 @@ use crate::tree::dump::{Frozen, Process, State};
 use crate::tree::{self, Scope};
 use crate::stats::{self, Mark, Phase};
 use crate::{fault, log, mm, proc};
+
+pub mod watchdog;
 use anyhow::{bail, Context, Result};
 use rcr_abi::parasite::{ITimerVal, TaskMisc};
 use std::path::PathBuf;
@@ -77,15 +84,20 @@ pub fn run(o: &Options) -> Result<()> {
     if o.tcp_established {
         files::inet::check_nft()?;
     }
+    fault::catch_interrupts()?;
+    crate::infect::watch_for_exits()?;
+    // Declared before the frozen tree: dropped after it is released.
+    let _watchdog = watchdog::start()?;
     crate::sys::raise_nofile();
+    let dir = ImageDir::create(&o.dir)?;
+    dir.begin_dump()?;
+    fault::point("image directory marked incomplete")?;
     stats::mark(Mark::Begin);
     let frozen = {
         let _t = stats::timer(Phase::Freezing);
         tree::dump::freeze(o.pid, o.scope)?
     };
-    fault::point("target seized");
-    let dir = ImageDir::create(&o.dir)?;
-    let lock = match dump_tree(&frozen, &dir, o) {
+    let lock = match dump_tree(&frozen, &dir, o).and_then(|lock| complete(&dir).map(|()| lock)) {
         Ok(lock) => lock,
         Err(e) => {
             for p in &frozen.procs {
@@ -94,7 +106,6 @@ pub fn run(o: &Options) -> Result<()> {
             return Err(e);
         }
     };
-    fault::point("images written");
     let n = frozen.procs.len();
     let threads = frozen.procs.iter().map(|p| p.threads.len()).sum();
     if o.leave_running {
@@ -103,10 +114,10 @@ pub fn run(o: &Options) -> Result<()> {
         unlocked?;
         log::info(&format!("pid {}: {n} processes dumped and left running", o.pid));
     } else {
-        frozen.kill()?;
         if let Some(table) = lock.and_then(NetLock::keep) {
             log::info(&format!("network lock {table} stays until restore"));
         }
+        frozen.kill()?;
         log::info(&format!("pid {}: {n} processes dumped and killed", o.pid));
     }
     stats::mark(Mark::Released);
@@ -116,9 +127,17 @@ pub fn run(o: &Options) -> Result<()> {
     Ok(())
 }
 
+/// The last step before the tree is released: the set is marked complete.
+fn complete(dir: &ImageDir) -> Result<()> {
+    fault::point("images written")?;
+    dir.mark_complete()?;
+    fault::point("image set marked complete")
+}
+
 /// Returns the network lock, if a TCP connection was locked (on error it
 /// is undone as it drops).
 fn dump_tree(frozen: &Frozen, dir: &ImageDir, o: &Options) -> Result<Option<NetLock>> {
+    fault::point("target seized")?;
     let pstree: Vec<pb::PstreeEntry> = frozen.procs.iter().map(Process::pstree).collect();
     tree::plan(&pstree)?;
     let mut shared = DumpCx::default();
@@ -134,6 +153,7 @@ fn dump_tree(frozen: &Frozen, dir: &ImageDir, o: &Options) -> Result<Option<NetL
                 let comm = proc::stat(p.pid).map(|st| st.comm).unwrap_or_default();
                 let core = pb::TaskCore { pid: p.pid as u32, state: pb::TaskState::Zombie as i32, exit_status: status, comm, ..Default::default() };
                 dir.write_one(Kind::Core, Some(p.pid as u32), &core)?;
+                fault::point("zombie written")?;
             }
             State::Alive | State::Stopped => {
                 xsave_size = dump_process(p, p.pid == o.pid, dir, &mut shared, o.pages_via)?;
@@ -142,6 +162,7 @@ fn dump_tree(frozen: &Frozen, dir: &ImageDir, o: &Options) -> Result<Option<NetL
     }
     let pids: Vec<i32> = frozen.procs.iter().map(|p| p.pid).collect();
     stats::time(Phase::Fds, || files::fds::finish(&mut shared, &pids))?;
+    fault::point("shared files described")?;
     stats::time(Phase::Images, || write_tree_images(dir, o.pid, &pstree, &shared, xsave_size))?;
     Ok(shared.inet.lock.take())
 }
@@ -174,23 +195,31 @@ fn preflight(pid: i32) -> Result<()> {
 fn dump_process(p: &Process, is_root: bool, dir: &ImageDir, shared: &mut DumpCx, via: PagesVia) -> Result<usize> {
     let leader = p.leader().context("a live process without threads")?;
     let pid = p.pid;
+    let step = |what: &str| fault::point(&format!("pid {pid}: {what}"));
+    step("infecting")?;
     parasite::remove_leftovers(leader)?;
     let mut parasite = stats::time(Phase::Infect, || Parasite::infect(leader))?;
     let mut c = collect(leader, &mut parasite, shared, is_root)?;
+    step("collected")?;
     c.core.threads = p.threads[1..].iter().map(|t| collect_thread(t, &mut parasite)).collect::<Result<_>>()?;
     (c.core.posix_timers, c.core.timer_restore_ids) = crate::timers::dump(pid, &p.threads.iter().map(Tracee::pid).collect::<Vec<_>>(), &mut parasite)?;
     if p.state == State::Stopped {
         c.core.state = pb::TaskState::Stopped as i32;
     }
+    step("threads and timers collected")?;
     let pagemap = stats::time(Phase::Memory, || write_pages(leader, &mut parasite, dir, &c, via))?;
+    step("pages written")?;
     stats::time(Phase::Infect, || parasite.cure())?;
+    step("cured")?;
     crate::creds::dump::collect(p, &mut c.core)?;
     c.core.pending = pending_signals(leader, true)?;
     for (t, tc) in p.threads[1..].iter().zip(c.core.threads.iter_mut()) {
         tc.pending = pending_signals(t, false)?;
     }
     crate::timers::claim_pending(&mut c.core);
+    step("credentials and signals read")?;
     stats::time(Phase::Images, || write_images(pid as u32, dir, &c, &pagemap))?;
+    step("images written")?;
     Ok(c.core.xsave.len())
 }
 
@@ -215,6 +244,7 @@ fn collect(t: &Tracee, p: &mut Parasite, shared: &mut DumpCx, is_root: bool) -> 
     let exe_id = shared.files.add_shared(pb::RegFile { flags: libc::O_RDONLY as u32, ..exe });
     let brk = misc.brk;
     let mm = mm::dump::mm_fields(&st, brk, mm::dump::auxv(pid)?, exe_id, vmas);
+    fault::point(&format!("pid {pid}: memory layout read"))?;
     let fds = stats::time(Phase::Fds, || dump_task_fds(p, pid, shared))?;
     let fs = files::fs::dump(pid, &status)?;
     Ok(Collected { core, mm, fds, fs })
@@ -301,6 +331,7 @@ fn dump_task_fds(p: &mut Parasite, pid: i32, shared: &mut DumpCx) -> Result<Vec<
         let files = p.take_fds(nums)?.into_iter().map(std::fs::File::from);
         let batch = nums.iter().zip(links).zip(files).map(|((&fd, l), f)| (fd, l.clone(), f)).collect();
         out.extend(files::fds::dump_fds(pid, batch, shared)?);
+        fault::point(&format!("pid {pid}: fds described"))?;
     }
     Ok(out)
 }
@@ -349,8 +380,9 @@ fn write_pages(t: &Tracee, p: &mut Parasite, dir: &ImageDir, c: &Collected, via:
         }
     };
     let how = source.describe();
-    mm::dump::dump_pages(t.pid(), &c.mm.vmas, source, sink.as_mut())?;
-    let pagemap = (sink as Box<dyn PageSink>).finish()?;
+    let file = || format!("pid {}: saving its memory into {}", t.pid(), dir.file(Kind::Pages, Some(t.pid() as u32)).display());
+    mm::dump::dump_pages(t.pid(), &c.mm.vmas, source, sink.as_mut()).with_context(file)?;
+    let pagemap = (sink as Box<dyn PageSink>).finish().with_context(file)?;
     let saved: u64 = pagemap.iter().map(|e| u64::from(e.nr_pages)).sum();
     stats::add(stats::Count::PagesWritten, saved);
     log::info(&format!("pid {}: {} pages saved in {} runs via {how}", t.pid(), saved, pagemap.len()));
@@ -370,8 +402,10 @@ fn write_images(pid: u32, dir: &ImageDir, c: &Collected, pagemap: &[pb::PagemapE
 /// other file is on disk (and it too before the tree is killed).
 fn write_tree_images(dir: &ImageDir, root: i32, pstree: &[pb::PstreeEntry], shared: &DumpCx, xsave_size: usize) -> Result<()> {
     files::fds::write_images(dir, shared)?;
+    fault::point("file images written")?;
     dir.write_all(Kind::Pstree, None, pstree)?;
     dir.sync()?;
+    fault::point("images synced")?;
     let inv = pb::Inventory {
         format_version: FORMAT_VERSION,
         root_pid: root as u32,

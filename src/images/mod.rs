@@ -38,6 +38,10 @@ pub const FORMAT_VERSION: u32 = 2;
 pub const MAX_ENTRY: u32 = 64 << 20;
 pub const PAGE_SIZE: u64 = 4096;
 
+/// File present in an image directory while a dump writes into it, and
+/// left there by a dump that did not finish: `rcr restore` refuses the set.
+pub const INCOMPLETE_MARKER: &str = "dump-incomplete";
+
 /// Kinds of image file: the magic each starts with and its file name.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Kind {
@@ -181,6 +185,9 @@ impl ImageDir {
     /// one) holding inventory.img.
     pub fn open(path: &Path) -> Result<Self> {
         let dir = Self::open_dir(path)?;
+        if dir.stat_file(INCOMPLETE_MARKER).is_some() {
+            bail!("{}: incomplete image set: the dump did not finish ({} exists)", path.display(), path.join(INCOMPLETE_MARKER).display());
+        }
         match dir.stat_file("inventory.img") {
             Some(st) if st.st_mode & libc::S_IFMT == libc::S_IFREG => Ok(dir),
             Some(_) => bail!("{}: inventory.img is not a regular file (a symlink?); refusing it", path.display()),
@@ -260,6 +267,35 @@ impl ImageDir {
         Ok(names.into_iter().filter_map(|n| self.stat_file(&n).map(|st| (n, st))).collect())
     }
 
+    /// Marks the directory as holding an unfinished dump before anything
+    /// is written into it: the marker is created, then the inventory of an
+    /// older set in it is removed, so the directory either holds the marker
+    /// or no inventory, and never passes for a complete set mixing old and
+    /// new files. The directory is synced when an old inventory was
+    /// removed (before any new file is written); without one, a crash can
+    /// only lose the marker of a set that has no inventory yet.
+    pub fn begin_dump(&self) -> Result<()> {
+        self.create_file(INCOMPLETE_MARKER)?;
+        let inv = Self::name(Kind::Inventory, None);
+        match nix::unistd::unlinkat(&*self.fd, inv.as_str(), nix::unistd::UnlinkatFlags::NoRemoveDir) {
+            Ok(()) => self.sync_dir(),
+            Err(Errno::ENOENT) => Ok(()),
+            Err(e) => Err(e).with_context(|| format!("removing the old {}", self.path.join(&inv).display())),
+        }
+    }
+
+    /// The dump is complete (every file, the inventory last, is on disk):
+    /// removes the marker.
+    pub fn mark_complete(&self) -> Result<()> {
+        nix::unistd::unlinkat(&*self.fd, INCOMPLETE_MARKER, nix::unistd::UnlinkatFlags::NoRemoveDir)
+            .with_context(|| format!("removing {}", self.path.join(INCOMPLETE_MARKER).display()))?;
+        self.sync_dir()
+    }
+
+    fn sync_dir(&self) -> Result<()> {
+        nix::unistd::fsync(&*self.fd).with_context(|| format!("syncing directory {}", self.path.display()))
+    }
+
     /// Waits until every file written so far is on disk (fdatasync each;
     /// their writeback started when they were written, so the waits
     /// overlap and share journal commits).
@@ -291,7 +327,7 @@ impl ImageDir {
         let path = self.path.join(&name);
         let mut w = ImageWriter::new(self.create_file(&name)?, kind)?;
         for m in msgs {
-            w.push(m)?;
+            w.push(m).with_context(|| format!("writing {}", path.display()))?;
         }
         w.finish().with_context(|| format!("writing {}", path.display()))?;
         self.unsynced.lock().map_err(|_| anyhow::anyhow!("image sync list poisoned"))?.push(name);

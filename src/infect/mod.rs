@@ -73,8 +73,59 @@ fn ptrace(req: libc::c_uint, pid: i32, addr: usize, data: usize) -> std::io::Res
     }
 }
 
+/// Set by [`watch_for_exits`] (dump side).
+static WATCH_EXITS: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
+
+/// From now on [`wait_stop`] also notices a task that died under it. A
+/// killed multi-threaded process whose threads rcr traces never reports
+/// its leader to a waitpid on the leader alone (the other threads' exits
+/// are for rcr to reap first), so a plain blocking waitpid would hang the
+/// dump. SIGCHLD is blocked here (std's Command unblocks it in children)
+/// and [`wait_stop`] sleeps in sigtimedwait for it between WNOHANG
+/// waitpids, checking whether the task is dead.
+pub fn watch_for_exits() -> Result<()> {
+    use nix::sys::signal::{pthread_sigmask, SigSet, SigmaskHow, Signal};
+    pthread_sigmask(SigmaskHow::SIG_BLOCK, Some(&SigSet::from(Signal::SIGCHLD)), None).context("blocking SIGCHLD")?;
+    WATCH_EXITS.store(true, std::sync::atomic::Ordering::SeqCst);
+    Ok(())
+}
+
+/// Whether `tid` is gone or a zombie.
+pub fn dead(tid: i32) -> bool {
+    let stat = std::fs::read_to_string(format!("/proc/{tid}/stat")).unwrap_or_default();
+    let state = stat.rfind(')').and_then(|i| stat[i + 1..].split_whitespace().next()).unwrap_or("X");
+    matches!(state, "Z" | "X" | "x")
+}
+
+fn wait_stop_watching(pid: i32) -> Result<Stop> {
+    let mut set = nix::sys::signal::SigSet::empty();
+    set.add(nix::sys::signal::Signal::SIGCHLD);
+    loop {
+        let mut status = 0;
+        // SAFETY: status is a valid out-pointer.
+        let r = unsafe { libc::waitpid(pid, &mut status, libc::__WALL | libc::WNOHANG) };
+        if r == pid {
+            return Ok(decode_status(status));
+        }
+        let e = std::io::Error::last_os_error();
+        if r == -1 && e.kind() != std::io::ErrorKind::Interrupted {
+            return Err(e).with_context(|| format!("waitpid {pid}"));
+        }
+        if r == 0 && dead(pid) {
+            bail!("pid {pid} exited (or was killed) in the middle of the dump");
+        }
+        let ts = libc::timespec { tv_sec: 0, tv_nsec: 100_000_000 };
+        // SAFETY: a valid signal set (SIGCHLD, blocked), no siginfo wanted,
+        // a valid timeout; it only dequeues a pending SIGCHLD.
+        unsafe { libc::sigtimedwait(set.as_ref(), std::ptr::null_mut(), &ts) };
+    }
+}
+
 /// Waits for the next state change of a traced (or child) task.
 pub fn wait_stop(pid: i32) -> Result<Stop> {
+    if WATCH_EXITS.load(std::sync::atomic::Ordering::Relaxed) {
+        return wait_stop_watching(pid);
+    }
     let mut status = 0;
     loop {
         // SAFETY: status is a valid out-pointer.
@@ -437,7 +488,7 @@ impl Tracee {
         let mut results = Vec::with_capacity(calls.len());
         for (i, &(nr, _)) in calls.iter().enumerate() {
             self.step_syscall()?;
-            crate::fault::point("inside a guarded remote syscall");
+            crate::fault::kill_point("inside a guarded remote syscall");
             self.step_syscall()?;
             let mut r = self.get_regs()?;
             results.push(r.rax as i64);

@@ -160,16 +160,21 @@ impl<'t> Parasite<'t> {
         let layout = Layout::new(saved.xsave.len());
         let prot = (libc::PROT_READ | libc::PROT_WRITE | libc::PROT_EXEC) as u64;
         let flags = (libc::MAP_SHARED | libc::MAP_ANONYMOUS) as u64;
-        let r = t.remote_syscall_guarded(NR_MMAP, [0, layout.len, prot, flags, u64::MAX, 0])?;
+        crate::dump::watchdog::region_mapping(pid, layout.len);
+        let r = t.remote_syscall_guarded(NR_MMAP, [0, layout.len, prot, flags, u64::MAX, 0]);
+        let r = r.inspect_err(|_| crate::dump::watchdog::region_unmapped(pid))?;
         if r < 0 {
+            crate::dump::watchdog::region_unmapped(pid);
             bail!("mmap of the parasite region ({} bytes) in pid {pid} failed: {}", layout.len, errno(r));
         }
         let start = r as u64;
-        fault::point("parasite region mapped");
-        let local = match LocalMap::open(pid, start, layout.len) {
+        crate::dump::watchdog::region_mapped(pid, start, layout.len);
+        let local = match fault::point("parasite region mapped").and_then(|()| LocalMap::open(pid, start, layout.len)) {
             Ok(l) => l,
             Err(e) => {
-                let _ = remote_munmap(t, start, layout.len);
+                if remote_munmap(t, start, layout.len).is_ok() {
+                    crate::dump::watchdog::region_unmapped(pid);
+                }
                 return Err(e);
             }
         };
@@ -177,14 +182,14 @@ impl<'t> Parasite<'t> {
         // From here on, dropping `p` cures the task.
         let listener = Listener::new(pid)?;
         p.load(&listener)?;
-        fault::point("parasite loaded");
+        fault::point("parasite loaded")?;
         p.start()?;
-        fault::point("parasite started");
+        fault::point("parasite started")?;
         p.sock = Some(listener.accept(pid)?);
         let hello = p.recv_reply(HELLO)?;
         p.task_sock = hello.value[1] as i32;
         log::debug(&format!("pid {pid}: parasite at {start:#x} connected from tid {}", hello.value[0]));
-        fault::point("parasite connected");
+        fault::point("parasite connected")?;
         Ok(p)
     }
 
@@ -331,7 +336,7 @@ impl<'t> Parasite<'t> {
     fn call(&mut self, cmd: Cmd, arg: [u64; 3]) -> Result<Reply> {
         self.send_cmd(cmd, arg)?;
         let r = self.recv_reply(cmd as u32)?;
-        fault::point("parasite command done");
+        fault::point("parasite command done")?;
         if r.status < 0 {
             bail!("parasite command {cmd:?} in pid {} failed: {}", self.t.pid(), errno(r.status as i64));
         }
@@ -498,7 +503,7 @@ impl<'t> Parasite<'t> {
     }
 
     fn drain_result(&self, r: Reply, runs: &[DrainRun]) -> Result<u64> {
-        fault::point("pages drained");
+        fault::point("pages drained")?;
         if r.status < 0 {
             let run = runs.get(r.value[0] as usize).copied().unwrap_or_default();
             bail!(
@@ -523,8 +528,11 @@ impl<'t> Parasite<'t> {
         let t = self.t;
         let pid = t.pid();
         let ok = if self.running {
+            // Before the interrupt: failing here leaves the parasite as it
+            // was, for the drop to cure.
+            fault::inject("curing the parasite")?;
             t.interrupt()?;
-            fault::point("parasite interrupted for cure");
+            fault::kill_point("parasite interrupted for cure");
             // A closed socket is the parasite's signal to cure itself.
             self.sock = None;
             self.watch_sigreturn()
@@ -536,10 +544,11 @@ impl<'t> Parasite<'t> {
             log::warn(&format!("pid {pid}: the parasite did not return by itself ({e:#}); restoring its registers through ptrace"));
             self.saved.write(t)?;
         }
-        fault::point("parasite returned");
+        fault::inject("parasite returned")?;
         remote_munmap(t, self.start, self.layout.len)?;
         self.start = 0;
-        fault::point("parasite region unmapped");
+        crate::dump::watchdog::region_unmapped(pid);
+        fault::inject("parasite region unmapped")?;
         log::debug(&format!("pid {pid}: parasite cured"));
         Ok(())
     }
@@ -582,8 +591,9 @@ impl Drop for Parasite<'_> {
 
 /// Unmaps parasite regions an earlier rcr left in the stopped task: when
 /// rcr is killed while the parasite is in, the parasite returns the task
-/// to its saved state by itself but cannot unmap the code it runs from. A
-/// region is recognised by its exact content (this rcr's blob at offset 0,
+/// to its saved state by itself but cannot unmap the code it runs from
+/// (the dump's watchdog does, unless it was killed too: this is the
+/// second line of defence). A region is recognised by its exact content (this rcr's blob at offset 0,
 /// the args magic after it), never by its look alone. Returns how many.
 pub fn remove_leftovers(t: &Tracee) -> Result<usize> {
     use std::os::unix::fs::FileExt;
@@ -610,6 +620,33 @@ pub fn remove_leftovers(t: &Tracee) -> Result<usize> {
         }
     }
     Ok(removed)
+}
+
+/// Unmaps the parasite region a dead rcr left in `t` (the dump watchdog's
+/// job, once the parasite has returned): the one mapped at `start` if it
+/// is still there as mapped; with `start` 0 (rcr died inside the mmap)
+/// the regions of `len` bytes that hold this rcr's blob or nothing yet.
+pub fn remove_region(t: &Tracee, start: u64, len: u64) -> Result<()> {
+    use std::os::unix::fs::FileExt;
+    let pid = t.pid();
+    if start == 0 {
+        remove_leftovers(t)?;
+    }
+    for m in crate::proc::maps(pid)? {
+        if m.perms != "rwxs" || m.name != "/dev/zero (deleted)" || m.end - m.start != len || (start != 0 && m.start != start) {
+            continue;
+        }
+        if start == 0 {
+            let link = crate::proc::path(pid, &format!("map_files/{:x}-{:x}", m.start, m.end));
+            let mut bytes = vec![0u8; len as usize];
+            let empty = std::fs::File::open(&link).and_then(|f| f.read_exact_at(&mut bytes, 0)).is_ok() && bytes.iter().all(|&b| b == 0);
+            if !empty {
+                continue;
+            }
+        }
+        remote_munmap(t, m.start, len)?;
+    }
+    Ok(())
 }
 
 /// rcr's end of the parasite's connection: an abstract unix socket with a

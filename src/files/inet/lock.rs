@@ -83,6 +83,9 @@ impl NetLock {
                 s += &format!("add rule {} {chain} {} drop\n", self.name, direction(a, b));
             }
         }
+        if !self.created {
+            crate::dump::watchdog::table_created(&self.name);
+        }
         nft(&s).with_context(|| format!("network lock for {local} -> {peer}"))?;
         if !self.created {
             log::info(&format!("network lock table {} created", self.name));
@@ -110,11 +113,13 @@ impl NetLock {
                 first_err.get_or_insert(anyhow::anyhow!("{what}: turning TCP_REPAIR off: {e}"));
             }
         }
+        crate::dump::watchdog::sockets_released();
         if self.created {
             if let Err(e) = delete_table(&self.name) {
                 first_err.get_or_insert(e);
             }
         }
+        crate::dump::watchdog::table_created("");
         first_err.map_or(Ok(()), Err)
     }
 
@@ -122,6 +127,8 @@ impl NetLock {
     /// killed: closing them sends nothing); returns the table's name.
     pub fn keep(mut self) -> Option<String> {
         self.kept = true;
+        crate::dump::watchdog::sockets_released();
+        crate::dump::watchdog::table_created("");
         self.table().map(str::to_string)
     }
 }

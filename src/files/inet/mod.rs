@@ -32,6 +32,11 @@ use std::os::unix::fs::MetadataExt;
 pub use lock::{check_nft, delete_table, drop_command, NetLock};
 pub use restore::{create, validate, Repaired};
 
+/// TCP_REPAIR off on `sock` (the dump watchdog's undo).
+pub fn set_repair_off(sock: &std::os::fd::OwnedFd) -> Result<()> {
+    Ok(repair::set_repair(sock.as_raw_fd(), false)?)
+}
+
 /// TCP states (sk_state).
 pub const ESTABLISHED: u32 = 1;
 pub const CLOSE: u32 = 7;
@@ -154,6 +159,7 @@ fn dump_established(f: &Fd, cx: &mut DumpCx, s: &mut InetSocket, local: SocketAd
     let lock = cx.inet.lock.get_or_insert_with(NetLock::default);
     lock.block(local, peer).with_context(|| f.what())?;
     let copy = f.file.try_clone().with_context(|| format!("{}: dup", f.what()))?;
+    crate::dump::watchdog::socket_repaired(f.pid, f.fd);
     repair::set_repair(fd, true).with_context(|| format!("{}: {conn}: turning TCP_REPAIR on", f.what()))?;
     lock.repaired(copy.into(), format!("{}: {conn}", f.what()));
     s.tcp = Some(repair::read(fd).with_context(|| format!("{}: {conn}: reading it in repair mode", f.what()))?);

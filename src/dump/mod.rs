@@ -336,21 +336,29 @@ fn pending_signals(t: &Tracee, with_shared: bool) -> Result<Vec<pb::PendingSigna
 fn write_pages(t: &Tracee, p: &mut Parasite, dir: &ImageDir, c: &Collected, via: PagesVia) -> Result<Vec<pb::PagemapEntry>> {
     let mut sink = Box::new(PageFile::create(dir, t.pid() as u32)?);
     let mut readv = ReadvSource { pid: t.pid() };
-    let mut through_parasite;
+    let mut through_parasite = None;
+    let pid = t.pid();
     let source: &mut dyn PageSource = match via {
         PagesVia::Readv => &mut readv,
         PagesVia::Write => {
-            through_parasite = ParasiteSource::new(p, ParasiteVia::Write);
-            &mut through_parasite
+            let open: mm::dump::OpenSink = Box::new(move || Ok(Box::new(PageFile::create_part(dir, pid as u32, 1)?)));
+            through_parasite.insert(ParasiteSource::new(p, ParasiteVia::Write).with_helper(mm::dump::Helper::new(pid, open)))
         }
-        PagesVia::Splice => {
-            through_parasite = ParasiteSource::new(p, ParasiteVia::Splice);
-            &mut through_parasite
-        }
+        PagesVia::Splice => through_parasite.insert(ParasiteSource::new(p, ParasiteVia::Splice)),
     };
     let how = source.describe();
     mm::dump::dump_pages(t.pid(), &c.mm.vmas, source, sink.as_mut())?;
-    let pagemap = (sink as Box<dyn PageSink>).finish()?;
+    // The second writer's pages file, if it wrote one: its runs merge into
+    // the one pagemap (each entry names its file).
+    let helper_pagemap = match through_parasite.as_mut().and_then(|s| s.take_helper()) {
+        Some(h) => h.finish()?,
+        None => Vec::new(),
+    };
+    let mut pagemap = (sink as Box<dyn PageSink>).finish()?;
+    if !helper_pagemap.is_empty() {
+        pagemap.extend(helper_pagemap);
+        pagemap.sort_by_key(|e| e.vaddr);
+    }
     let saved: u64 = pagemap.iter().map(|e| u64::from(e.nr_pages)).sum();
     stats::add(stats::Count::PagesWritten, saved);
     log::info(&format!("pid {}: {} pages saved in {} runs via {how}", t.pid(), saved, pagemap.len()));

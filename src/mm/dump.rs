@@ -311,22 +311,26 @@ pub struct ReadvSource {
 impl PageSource for ReadvSource {
     fn drain(&mut self, runs: &[(u64, u64)], skip_zero: bool, sink: &mut dyn PageSink) -> Result<()> {
         let mut buf = vec![0u8; CHUNK.min(runs.iter().map(|r| r.1).max().unwrap_or(0)) as usize];
-        for &(addr, len) in runs {
-            let mut done = 0;
-            while done < len {
-                let n = (len - done).min(CHUNK) as usize;
-                crate::infect::read_memory(self.pid, addr + done, &mut buf[..n])
-                    .with_context(|| format!("reading pages at {:#x}", addr + done))?;
-                put_run(sink, addr + done, &buf[..n], skip_zero)?;
-                done += n as u64;
-            }
-        }
-        Ok(())
+        readv_runs(self.pid, runs, skip_zero, sink, &mut buf)
     }
 
     fn describe(&self) -> &'static str {
         "process_vm_readv (fallback)"
     }
+}
+
+/// process_vm_readv of `runs` through `buf`, then into `sink`.
+fn readv_runs(pid: i32, runs: &[(u64, u64)], skip_zero: bool, sink: &mut dyn PageSink, buf: &mut [u8]) -> Result<()> {
+    for &(addr, len) in runs {
+        let mut done = 0;
+        while done < len {
+            let n = (len - done).min(buf.len() as u64) as usize;
+            crate::infect::read_memory(pid, addr + done, &mut buf[..n]).with_context(|| format!("reading pages at {:#x}", addr + done))?;
+            put_run(sink, addr + done, &buf[..n], skip_zero)?;
+            done += n as u64;
+        }
+    }
+    Ok(())
 }
 
 /// Reads the pages of every VMA that needs them and hands them to `sink`:
@@ -438,6 +442,39 @@ pub enum ParasiteVia {
     Splice,
 }
 
+/// Opens the sink of the second writer (the second pages file).
+pub type OpenSink<'s> = Box<dyn FnMut() -> Result<Box<dyn PageSink + Send>> + 's>;
+
+/// The second page writer, for the other core: an rcr thread reading
+/// pieces of the runs with process_vm_readv and writing them into a sink
+/// of its own (a second pages file: ext4 serializes buffered writes into
+/// one inode, so two writers into one file take turns).
+pub struct Helper<'s> {
+    pid: i32,
+    open: OpenSink<'s>,
+    sink: Option<Box<dyn PageSink + Send>>,
+}
+
+impl std::fmt::Debug for Helper<'_> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Helper").field("pid", &self.pid).field("opened", &self.sink.is_some()).finish()
+    }
+}
+
+impl<'s> Helper<'s> {
+    pub fn new(pid: i32, open: OpenSink<'s>) -> Self {
+        Helper { pid, open, sink: None }
+    }
+
+    /// The pagemap entries of what the helper wrote (none if it never ran).
+    pub fn finish(self) -> Result<Vec<crate::images::pb::PagemapEntry>> {
+        self.sink.map_or(Ok(Vec::new()), |s| s.finish())
+    }
+}
+
+/// Pieces the two writers take turns at (each takes the next free one).
+const PIECE: u64 = 8 << 20;
+
 /// The normal path: pages leave through the parasite.
 #[derive(Debug)]
 pub struct ParasiteSource<'a, 't> {
@@ -447,11 +484,55 @@ pub struct ParasiteSource<'a, 't> {
     /// number in the task.
     task_fd: Option<(RawFd, i32)>,
     pipe_read: Option<OwnedFd>,
+    helper: Option<Helper<'a>>,
 }
 
 impl<'a, 't> ParasiteSource<'a, 't> {
     pub fn new(p: &'a mut Parasite<'t>, via: ParasiteVia) -> Self {
-        ParasiteSource { p, via, task_fd: None, pipe_read: None }
+        ParasiteSource { p, via, task_fd: None, pipe_read: None, helper: None }
+    }
+
+    /// Shares large drains with a second writer on another core.
+    pub fn with_helper(mut self, h: Helper<'a>) -> Self {
+        self.helper = Some(h);
+        self
+    }
+
+    /// The helper back, to finish its sink.
+    pub fn take_helper(&mut self) -> Option<Helper<'a>> {
+        self.helper.take()
+    }
+
+    /// Drains `runs` in pieces of [`PIECE`] bytes, taken in address order
+    /// by whichever writer is free: the parasite (this thread) or the
+    /// helper's thread. Each sink gets its pieces in increasing order.
+    fn drain_shared(&mut self, h: &mut Helper<'a>, runs: &[(u64, u64)], skip_zero: bool, sink: &mut dyn PageSink) -> Result<()> {
+        use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering::Relaxed};
+        let pieces = pieces(runs, PIECE);
+        if h.sink.is_none() {
+            h.sink = Some((h.open)()?);
+        }
+        let (pid, other) = (h.pid, h.sink.as_deref_mut().context("second page sink")?);
+        let (next, stop) = (AtomicUsize::new(0), AtomicBool::new(false));
+        std::thread::scope(|s| {
+            let helper = s.spawn(|| -> Result<()> {
+                let mut buf = vec![0u8; HELPER_BUF];
+                while let Some(p) = pieces.get(next.fetch_add(1, Relaxed)).filter(|_| !stop.load(Relaxed)) {
+                    readv_runs(pid, p, skip_zero, other, &mut buf).inspect_err(|_| stop.store(true, Relaxed))?;
+                }
+                Ok(())
+            });
+            let mut mine = Ok(());
+            while let Some(p) = pieces.get(next.fetch_add(1, Relaxed)).filter(|_| !stop.load(Relaxed)) {
+                mine = self.drain_here(p, skip_zero, sink);
+                if mine.is_err() {
+                    stop.store(true, Relaxed);
+                    break;
+                }
+            }
+            let theirs = helper.join().unwrap_or_else(|_| Err(anyhow::anyhow!("the second page writer thread panicked")));
+            mine.and(theirs.context("second page writer (process_vm_readv)"))
+        })
     }
 
     /// The task's number for rcr's fd `mine`, handing it over once.
@@ -515,6 +596,30 @@ impl<'a, 't> ParasiteSource<'a, 't> {
     }
 }
 
+/// The helper's buffer: small enough to stay in the CPU cache between
+/// process_vm_readv and the write.
+const HELPER_BUF: usize = 256 << 10;
+
+/// `runs` cut into consecutive pieces of about `size` bytes (a run may be
+/// split between two pieces at a page boundary).
+fn pieces(runs: &[(u64, u64)], size: u64) -> Vec<Vec<(u64, u64)>> {
+    let mut out = vec![Vec::new()];
+    let mut fill = 0;
+    for &(mut vaddr, mut len) in runs {
+        while len > 0 {
+            let n = len.min(size - fill);
+            out.last_mut().map(|p| p.push((vaddr, n)));
+            (vaddr, len, fill) = (vaddr + n, len - n, fill + n);
+            if fill == size {
+                out.push(Vec::new());
+                fill = 0;
+            }
+        }
+    }
+    out.retain(|p| !p.is_empty());
+    out
+}
+
 /// Pipe size asked for the splice path (fs.pipe-max-size is 1 MiB here).
 const PIPE_SIZE: i32 = 1 << 20;
 
@@ -549,6 +654,27 @@ fn nonzero_runs(batch: &[DrainRun], zero: &[u64]) -> Vec<(u64, u64)> {
 
 impl PageSource for ParasiteSource<'_, '_> {
     fn drain(&mut self, runs: &[(u64, u64)], skip_zero: bool, sink: &mut dyn PageSink) -> Result<()> {
+        let total: u64 = runs.iter().map(|r| r.1).sum();
+        if let Some(mut h) = self.helper.take_if(|_| total >= 2 * PIECE) {
+            let r = self.drain_shared(&mut h, runs, skip_zero, sink);
+            self.helper = Some(h);
+            return r;
+        }
+        self.drain_here(runs, skip_zero, sink)
+    }
+
+    fn describe(&self) -> &'static str {
+        match (self.via, &self.helper) {
+            (ParasiteVia::Write, Some(_)) => "parasite write + process_vm_readv thread",
+            (ParasiteVia::Write, None) => "parasite write",
+            (ParasiteVia::Splice, _) => "parasite vmsplice + splice",
+        }
+    }
+}
+
+impl ParasiteSource<'_, '_> {
+    /// Drains `runs` through the parasite alone.
+    fn drain_here(&mut self, runs: &[(u64, u64)], skip_zero: bool, sink: &mut dyn PageSink) -> Result<()> {
         if skip_zero && self.via == ParasiteVia::Write {
             return self.drain_skip_zero(runs, sink);
         }
@@ -574,13 +700,6 @@ impl PageSource for ParasiteSource<'_, '_> {
             }
         }
         Ok(())
-    }
-
-    fn describe(&self) -> &'static str {
-        match self.via {
-            ParasiteVia::Write => "parasite write",
-            ParasiteVia::Splice => "parasite vmsplice + splice",
-        }
     }
 }
 

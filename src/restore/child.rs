@@ -214,10 +214,13 @@ fn open_mapping_fds(l: &Loaded, files: &FileTable, region: &mut Region, inherite
         let f = files.get(id).with_context(|| format!("file id {id}"))?;
         files::reg::open(f, f.flags).with_context(|| format!("mapping {}", f.path))
     })?;
-    let pages = std::fs::File::open(&l.pages_path).with_context(|| format!("opening {}", l.pages_path.display()))?;
+    let mut pages = [-1; 2];
+    for (fd, path) in pages.iter_mut().zip(&l.pages_paths) {
+        *fd = std::fs::File::open(path).with_context(|| format!("opening {}", path.display()))?.into_raw_fd();
+    }
     let exe = files.get(l.plan.exe_file_id).context("exe file")?;
     let exe_fd = files::reg::open(exe, libc::O_RDONLY as u32).with_context(|| format!("exe {}", exe.path))?;
-    region.set_fds(pages.into_raw_fd(), exe_fd);
+    region.set_fds(pages, exe_fd);
     Ok(())
 }
 

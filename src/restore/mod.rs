@@ -67,7 +67,8 @@ pub struct Loaded {
     pub mm: pb::Mm,
     pub fds: Vec<pb::FdEntry>,
     pub fs: pb::Fs,
-    pub pages_path: PathBuf,
+    /// The pages files, by part (pages-PID.img, then pages-PID.1.img if any).
+    pub pages_paths: Vec<PathBuf>,
     pub plan: Plan,
 }
 
@@ -319,10 +320,9 @@ fn load_process(dir: &ImageDir, entry: pb::PstreeEntry, kin: Kin, files: &FileTa
     let pagemap: Vec<pb::PagemapEntry> = dir.read_all(Kind::Pagemap, pid)?;
     let fds = dir.read_all(Kind::Fdinfo, pid)?;
     let fs = dir.read_one(Kind::Fs, pid)?;
-    let pages_path = dir.file(Kind::Pages, pid);
-    check_pages_file(&pages_path, &pagemap)?;
+    let pages_paths = pages_files(dir, p.entry.pid, &pagemap)?;
     let plan = crate::mm::restore::plan(&mm, &pagemap, files, self_maps).with_context(|| format!("pid {}", p.entry.pid))?;
-    p.live = Some(Box::new(Loaded { core, mm, fds, fs, pages_path, plan }));
+    p.live = Some(Box::new(Loaded { core, mm, fds, fs, pages_paths, plan }));
     Ok(p)
 }
 
@@ -398,13 +398,31 @@ fn fork_root(tree: &Tree, regions: &mut [Option<Region>], inherited: &Inherited)
     Ok((tracee, std::fs::File::from(err_r)))
 }
 
-fn check_pages_file(path: &std::path::Path, pagemap: &[pb::PagemapEntry]) -> Result<()> {
+/// The pages files of a process, checked against its pagemap: part 0
+/// always, part 1 if the pagemap has runs in it.
+fn pages_files(dir: &ImageDir, pid: u32, pagemap: &[pb::PagemapEntry]) -> Result<Vec<PathBuf>> {
+    use crate::images::pages::{part_pages, part_path, PAGE_PARTS};
+    if let Some(e) = pagemap.iter().find(|e| e.part >= PAGE_PARTS) {
+        bail!("pagemap-{pid}.img: the run at {:#x} is in pages file part {}; rcr knows parts 0 and 1", e.vaddr, e.part);
+    }
+    let mut paths = Vec::new();
+    for (part, pages) in part_pages(pagemap).into_iter().enumerate() {
+        if part > 0 && pages == 0 {
+            break;
+        }
+        let path = part_path(dir, pid, part as u32);
+        check_pages_file(&path, pages)?;
+        paths.push(path);
+    }
+    Ok(paths)
+}
+
+fn check_pages_file(path: &std::path::Path, pages: u64) -> Result<()> {
     use std::io::Read;
     let mut f = std::fs::File::open(path).with_context(|| format!("opening {}", path.display()))?;
     let mut h = [0u8; 8];
     f.read_exact(&mut h).with_context(|| format!("{}: truncated header", path.display()))?;
     crate::images::check_header(path, h, Some(Kind::Pages))?;
-    let pages: u64 = pagemap.iter().map(|p| u64::from(p.nr_pages)).sum();
     let need = crate::images::PAGES_DATA_OFFSET + pages * crate::images::PAGE_SIZE;
     let have = f.metadata()?.len();
     if have != need {

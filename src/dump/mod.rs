@@ -341,8 +341,12 @@ fn write_pages(t: &Tracee, p: &mut Parasite, dir: &ImageDir, c: &Collected, via:
     let source: &mut dyn PageSource = match via {
         PagesVia::Readv => &mut readv,
         PagesVia::Write => {
-            let open: mm::dump::OpenSink = Box::new(move || Ok(Box::new(PageFile::create_part(dir, pid as u32, 1)?)));
-            through_parasite.insert(ParasiteSource::new(p, ParasiteVia::Write).with_helper(mm::dump::Helper::new(pid, open)))
+            let source = through_parasite.insert(ParasiteSource::new(p, ParasiteVia::Write));
+            if !under_seccomp(pid)? {
+                let open: mm::dump::OpenSink = Box::new(move || Ok(Box::new(PageFile::create_part(dir, pid as u32, 1)?)));
+                source.set_second_file(mm::dump::SecondFile::new(open));
+            }
+            source
         }
         PagesVia::Splice => through_parasite.insert(ParasiteSource::new(p, ParasiteVia::Splice)),
     };
@@ -350,19 +354,24 @@ fn write_pages(t: &Tracee, p: &mut Parasite, dir: &ImageDir, c: &Collected, via:
     mm::dump::dump_pages(t.pid(), &c.mm.vmas, source, sink.as_mut())?;
     // The second writer's pages file, if it wrote one: its runs merge into
     // the one pagemap (each entry names its file).
-    let helper_pagemap = match through_parasite.as_mut().and_then(|s| s.take_helper()) {
+    let second_pagemap = match through_parasite.as_mut().and_then(|s| s.take_second_file()) {
         Some(h) => h.finish()?,
         None => Vec::new(),
     };
     let mut pagemap = (sink as Box<dyn PageSink>).finish()?;
-    if !helper_pagemap.is_empty() {
-        pagemap.extend(helper_pagemap);
+    if !second_pagemap.is_empty() {
+        pagemap.extend(second_pagemap);
         pagemap.sort_by_key(|e| e.vaddr);
     }
     let saved: u64 = pagemap.iter().map(|e| u64::from(e.nr_pages)).sum();
     stats::add(stats::Count::PagesWritten, saved);
     log::info(&format!("pid {}: {} pages saved in {} runs via {how}", t.pid(), saved, pagemap.len()));
     Ok(pagemap)
+}
+
+/// Whether `pid` runs under seccomp (/proc status `Seccomp` not 0).
+fn under_seccomp(pid: i32) -> Result<bool> {
+    Ok(proc::status(pid)?.get("Seccomp").is_some_and(|m| m != "0"))
 }
 
 fn write_images(pid: u32, dir: &ImageDir, c: &Collected, pagemap: &[pb::PagemapEntry]) -> Result<()> {

@@ -358,6 +358,7 @@ fn write_pages(t: &Tracee, p: &mut Parasite, dir: &ImageDir, c: &Collected, via:
         Some(h) => h.finish()?,
         None => Vec::new(),
     };
+    let second: u64 = second_pagemap.iter().map(|e| u64::from(e.nr_pages)).sum();
     let mut pagemap = (sink as Box<dyn PageSink>).finish()?;
     if !second_pagemap.is_empty() {
         pagemap.extend(second_pagemap);
@@ -366,6 +367,9 @@ fn write_pages(t: &Tracee, p: &mut Parasite, dir: &ImageDir, c: &Collected, via:
     let saved: u64 = pagemap.iter().map(|e| u64::from(e.nr_pages)).sum();
     stats::add(stats::Count::PagesWritten, saved);
     log::info(&format!("pid {}: {} pages saved in {} runs via {how}", t.pid(), saved, pagemap.len()));
+    if second > 0 {
+        log::info(&format!("pid {pid}: {second} of them by a second parasite thread, into pages-{pid}.1.img"));
+    }
     Ok(pagemap)
 }
 

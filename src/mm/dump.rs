@@ -692,10 +692,9 @@ impl PageSource for ParasiteSource<'_, '_> {
     }
 
     fn describe(&self) -> &'static str {
-        match (self.via, &self.second) {
-            (ParasiteVia::Write, Some(_)) => "parasite write, two threads",
-            (ParasiteVia::Write, None) => "parasite write",
-            (ParasiteVia::Splice, _) => "parasite vmsplice + splice",
+        match self.via {
+            ParasiteVia::Write => "parasite write",
+            ParasiteVia::Splice => "parasite vmsplice + splice",
         }
     }
 }

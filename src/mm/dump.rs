@@ -631,9 +631,12 @@ fn record_batch(sink: &mut dyn PageSink, batch: &[DrainRun], zero: &[u64], base:
     Ok(())
 }
 
+/// Runs of memory: (address, length) in bytes.
+type Runs = Vec<(u64, u64)>;
+
 /// `runs` cut after `at` bytes: the runs before, the runs after (a run
 /// may be split at a page boundary).
-fn split_at_byte(runs: &[(u64, u64)], at: u64) -> (Vec<(u64, u64)>, Vec<(u64, u64)>) {
+fn split_at_byte(runs: &[(u64, u64)], at: u64) -> (Runs, Runs) {
     let (mut head, mut tail, mut seen) = (Vec::new(), Vec::new(), 0);
     for &(vaddr, len) in runs {
         let n = at.saturating_sub(seen).min(len);

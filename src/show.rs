@@ -64,6 +64,8 @@ fn order_key(name: &str) -> (u8, u32, usize, String) {
         "stats-restore" => return key(5, 0, 1),
         _ => {}
     }
+    // A second pages file, pages-PID.N.img, sorts with the first.
+    let stem = stem.split_once('.').map_or(stem, |(s, _)| s);
     let parsed = stem.rsplit_once('-').and_then(|(s, p)| Some((s, p.parse::<u32>().ok()?)));
     match parsed.and_then(|(s, pid)| Some((PER_PROCESS.iter().position(|k| k.stem() == s)?, pid))) {
         Some((rank, pid)) => key(2, pid, rank),
@@ -492,19 +494,21 @@ fn fmt_pagemap(o: &mut String, name: &str, v: &[pb::PagemapEntry]) -> fmt::Resul
     let runs = if v.len() == 1 { "run" } else { "runs" };
     writeln!(
         o,
-        "\n== {name}: Pagemap, {} {runs}, {total} pages ({} KiB), {stored} in the pages file",
+        "\n== {name}: Pagemap, {} {runs}, {total} pages ({} KiB), {stored} in the pages files",
         v.len(),
         total * PAGE_SIZE / 1024
     )?;
-    let mut file_page = 0u64;
+    let mut file_page = [0u64; 2];
     for (i, e) in v.iter().enumerate() {
         let end = e.vaddr + u64::from(e.nr_pages) * PAGE_SIZE;
         let present = e.flags & 1 != 0;
         let pages = if e.nr_pages == 1 { "page " } else { "pages" };
         write!(o, "  [{i}] {:#014x}-{end:#014x} {:>6} {pages}  flags {:#x}", e.vaddr, e.nr_pages, e.flags)?;
         if present {
-            writeln!(o, " PRESENT, file pages {file_page}..{}", file_page + u64::from(e.nr_pages))?;
-            file_page += u64::from(e.nr_pages);
+            let part = (e.part as usize).min(1);
+            let file = if part == 0 { String::new() } else { format!(" of part {}", e.part) };
+            writeln!(o, " PRESENT, file pages {}..{}{file}", file_page[part], file_page[part] + u64::from(e.nr_pages))?;
+            file_page[part] += u64::from(e.nr_pages);
         } else {
             writeln!(o)?;
         }

@@ -3,7 +3,8 @@
 //! pages only read (zero page), and a private file mapping whose written
 //! zero page must come back as zeros. The victim is
 //! tests/victims/zeropages.c; from outside the test checks the size of
-//! pages-PID.img, the restored maps and the restored RSS.
+//! the pages files (pages-PID.img and the second writer's pages-PID.1.img),
+//! the restored maps and the restored RSS.
 //!
 //! Needs root; without it every test prints a message and passes.
 //! Run: `cargo test --test pages`.
@@ -20,6 +21,12 @@ const SLACK: u64 = 4 << 20;
 fn kib_field(pid: i32, key: &str) -> u64 {
     let v = status_field(pid, key).unwrap_or_else(|| panic!("no {key} in /proc/{pid}/status"));
     v.trim_end_matches(" kB").trim().parse().unwrap_or_else(|e| panic!("{key} {v:?} of pid {pid}: {e}"))
+}
+
+/// Bytes of the pages files of `pid` (both parts; the second may be absent).
+fn pages_bytes(images: &std::path::Path, pid: i32) -> u64 {
+    let main = fs::metadata(images.join(format!("pages-{pid}.img"))).expect("pages image").len();
+    main + fs::metadata(images.join(format!("pages-{pid}.1.img"))).map_or(0, |m| m.len())
 }
 
 fn has_huge_vma(pid: i32) -> bool {
@@ -39,10 +46,9 @@ fn zero_and_sparse_pages() {
     t.wait_ready();
     assert!(has_huge_vma(t.pid), "the victim has no 64 GiB mapping before the dump");
     t.dump_kill_restore();
-    let pages = t.images.join(format!("pages-{}.img", t.pid));
-    let size = fs::metadata(&pages).expect("pages image").len();
-    assert!(size < DATA + SLACK, "{} is {size} bytes; zero or untouched pages seem to be stored (data is {DATA})", pages.display());
-    assert!(size >= DATA, "{} is {size} bytes, less than the {DATA} bytes of data the victim wrote", pages.display());
+    let size = pages_bytes(&t.images, t.pid);
+    assert!(size < DATA + SLACK, "the pages files are {size} bytes; zero or untouched pages seem to be stored (data is {DATA})");
+    assert!(size >= DATA, "the pages files are {size} bytes, less than the {DATA} bytes of data the victim wrote");
     assert!(has_huge_vma(t.pid), "the restored process has no 64 GiB mapping");
     // The 40 MiB of zeros and zero-page reads are not filled in by restore.
     let rss = kib_field(t.pid, "VmRSS");
@@ -60,7 +66,7 @@ fn zero_and_sparse_pages_readv() {
     t.reap_victim();
     let pid = t.restore(&[]);
     assert_eq!(pid, t.pid, "restored with a different PID");
-    let size = fs::metadata(t.images.join(format!("pages-{pid}.img"))).expect("pages image").len();
+    let size = pages_bytes(&t.images, pid);
     assert!(size < DATA + SLACK, "pages image is {size} bytes via readv; zero pages seem to be stored");
     t.go_expect_pass();
 }

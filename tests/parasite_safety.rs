@@ -4,7 +4,8 @@
 //! memory byte for byte, same /proc/PID/maps (no parasite region left:
 //! when rcr is killed, the dump's watchdog unmaps it, see
 //! src/dump/watchdog.rs; the test waits for the watchdog to finish), same
-//! fds and signal state, not traced, sleeping.
+//! fds and signal state, not traced, sleeping, and still one thread (the
+//! drain's second writer thread is gone).
 //!
 //! The victim is `steady` (tests/victims/steady.c): it loads a pattern into
 //! zmm16-31, k1-7 and most general registers, then blocks in a raw pause()
@@ -613,6 +614,8 @@ fn check_after_run(pid: i32, orig: &Capture, prev_maps: &str, what: &str, killed
     wait_in_pause(pid, &again, Duration::ZERO);
     assert_sleeping_free(pid, &again);
     let (added, removed) = check_maps(&orig.maps, prev_maps, &now.maps, 0, what);
+    let threads = fs::read_dir(format!("/proc/{pid}/task")).map_or(0, |d| d.count());
+    assert_eq!(threads, 1, "{what}: the victim has {threads} threads (a writer thread of the parasite left running?)");
     let d = diff_state(orig, &now, killed);
     assert!(d.is_empty(), "{what}: the victim's state changed:\n{d}");
     (now.maps, added, removed)

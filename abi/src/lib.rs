@@ -62,14 +62,16 @@ pub struct VmaEntry {
 /// MADV_WIPEONFORK (smaps VmFlags nh, hg, dd, dc, wf).
 pub const MADV_BITS: [u64; 5] = [15, 14, 16, 10, 18];
 
-/// A run of saved pages: `nr_pages` pages at `vaddr`, stored in the pages
-/// image at byte offset `file_off`.
+/// A run of saved pages: `nr_pages` pages at `vaddr`, stored in pages
+/// file `part` (0: `RestoreArgs::pages_fd`, 1: `pages_fd1`) at byte
+/// offset `file_off`.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default)]
 pub struct PageRun {
     pub vaddr: u64,
     pub nr_pages: u64,
     pub file_off: u64,
+    pub part: u64,
 }
 
 /// One of the three kernel-provided mappings ([vvar], [vvar_vclock],
@@ -181,6 +183,9 @@ pub struct RestoreArgs {
     pub creds_done: u32,
     /// The leader's own credentials and scheduling.
     pub creds: ThreadCreds,
+    /// The second pages file (runs of part 1), -1 if none.
+    pub pages_fd1: i32,
+    pub _pad_pages: u32,
 }
 
 /// Number of RLIMIT_* resources (RLIM_NLIMITS).
@@ -459,12 +464,12 @@ macro_rules! assert_layout {
 }
 
 assert_layout!(VmaEntry, size = 48, start = 0, len = 8, pgoff = 16, map_prot = 24, final_prot = 28, flags = 32, fd = 36, madvise = 40);
-assert_layout!(PageRun, size = 24, vaddr = 0, nr_pages = 8, file_off = 16);
+assert_layout!(PageRun, size = 32, vaddr = 0, nr_pages = 8, file_off = 16, part = 24);
 assert_layout!(SpecialMapping, size = 32, cur = 0, park = 8, target = 16, len = 24);
 assert_layout!(PrctlMmMap, size = 104, auxv = 88, auxv_size = 96, exe_fd = 100);
 assert_layout!(
     RestoreArgs,
-    size = 88 + 96 + 104 + 1024 + 8 + 16 + 8 + 96 + 56 + 24 + 256 + 16 + 152,
+    size = 88 + 96 + 104 + 1024 + 8 + 16 + 8 + 96 + 56 + 24 + 256 + 16 + 152 + 8,
     stack_top = 0,
     magic = 8,
     region_start = 16,
@@ -493,6 +498,7 @@ assert_layout!(
     pdeathsig = 1784,
     creds_done = 1788,
     creds = 1792,
+    pages_fd1 = 1944,
 );
 assert_layout!(Rlimit, size = 16, cur = 0, max = 8);
 assert_layout!(SeccompFilter, size = 16, insns = 0, nr_insns = 8, flags = 12);

@@ -91,6 +91,20 @@ pub enum Cmd {
     /// prctl(PR_TIMER_CREATE_RESTORE_IDS, GET) returned (negative errno if
     /// the kernel lacks it). On failure `value[1]` is the failing index.
     Timers = 10,
+    /// Two lists of runs written at once by two threads: the parasite
+    /// clones a second thread into the task (sharing its memory and fds,
+    /// every signal blocked, on a stack made of the last
+    /// [`DRAIN_PAIR_STACK`] bytes of the data area) that pwrites list 1
+    /// into fd `arg[1]` while the parasite pwrites list 0 into fd `arg[0]`;
+    /// the second thread has exited before the reply (if the clone fails,
+    /// the parasite writes list 1 itself, after list 0). Each list's pages
+    /// go back to back from its first run's `file_off`. `arg[2]`: flags
+    /// ([`DRAIN_SKIP_ZERO`]). Data area, in u64 words: `n0`, `n1`, then
+    /// `n0` and `n1` [`DrainRun`]s, then the zero-page bitmap of list 0
+    /// (one bit per page, in whole words), then that of list 1. `value[0]`
+    /// and `value[1]`: bytes written into each file; on failure `value` is
+    /// the list, the run index and the bytes of it done.
+    DrainPair = 11,
 }
 
 impl Cmd {
@@ -106,6 +120,7 @@ impl Cmd {
             8 => Self::CloseFd,
             9 => Self::Fini,
             10 => Self::Timers,
+            11 => Self::DrainPair,
             _ => return None,
         })
     }
@@ -179,6 +194,10 @@ pub struct TaskMisc {
 
 /// [`Cmd::DrainWrite`] flag: leave out all-zero pages.
 pub const DRAIN_SKIP_ZERO: u64 = 1;
+
+/// The end of the data area that is the second thread's stack during a
+/// [`Cmd::DrainPair`].
+pub const DRAIN_PAIR_STACK: u64 = 16 * 1024;
 
 /// One run of memory to drain: `len` bytes at `vaddr`, to file offset
 /// `file_off` (ignored for vmsplice).

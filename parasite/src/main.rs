@@ -105,6 +105,7 @@ fn serve(a: &ParasiteArgs, st: &mut State) {
             Some(Cmd::DrainWrite) if c.arg[2] & rcr_abi::parasite::DRAIN_SKIP_ZERO != 0 => drain_skip_zero(a, &c, &mut reply),
             Some(Cmd::DrainWrite) => drain(a, &c, &mut reply, false),
             Some(Cmd::DrainSplice) => drain(a, &c, &mut reply, true),
+            Some(Cmd::DrainPair) => drain_pair(a, &c, &mut reply),
             Some(Cmd::CloseFd) => close_fd(st, c.arg[0] as i32),
             Some(Cmd::Fini) => 0,
             Some(Cmd::Timers) => timers::read(a, &c, &mut reply),
@@ -267,49 +268,176 @@ fn drain(a: &ParasiteArgs, c: &Command, reply: &mut Reply, splice: bool) -> i64 
 /// DrainWrite leaving out all-zero pages (layout: see `Cmd::DrainWrite`).
 /// The dumper only sends runs of readable private anonymous memory here.
 fn drain_skip_zero(a: &ParasiteArgs, c: &Command, reply: &mut Reply) -> i64 {
-    const PAGE: u64 = 4096;
     let n = c.arg[1] as usize;
     let Some(runs) = data::<DrainRun>(a, n) else { return -EINVAL };
     let pages: u64 = runs.iter().map(|r| r.len / PAGE).sum();
-    let Some(first) = runs.first().map(|r| r.file_off) else { return 0 };
     let Some(words) = data::<u64>(a, n * 3 + pages.div_ceil(64) as usize) else { return -EINVAL };
     let Some((runs, bits)) = words.split_at_mut_checked(n * 3) else { return -EINVAL };
-    for w in bits.iter_mut() {
-        // SAFETY: `w` is a valid &mut u64; volatile only keeps the compiler
-        // from turning this loop into a memset call through the GOT (the
-        // blob must have no relocations).
-        unsafe { core::ptr::write_volatile(w, 0) };
+    let mut job = Job::new(c.arg[0], runs, bits, true);
+    job.run();
+    reply.value = if job.status < 0 { [job.fail_run, job.fail_done, job.written] } else { [0, 0, job.written] };
+    job.status
+}
+
+const PAGE: u64 = 4096;
+
+/// One list of runs for one writer thread: pwrite them back to back from
+/// the first run's file offset into `fd`, leaving out (and marking in
+/// `bits`) all-zero pages if `skip_zero`. Raw parts, so that it can be
+/// handed to the second thread.
+#[repr(C)]
+struct Job {
+    fd: u64,
+    /// u64 words: vaddr, len, file_off per run.
+    runs: *const u64,
+    nr_runs: usize,
+    bits: *mut u64,
+    nr_bits: usize,
+    skip_zero: bool,
+    status: i64,
+    written: u64,
+    fail_run: u64,
+    fail_done: u64,
+    /// CLONE_CHILD_CLEARTID word of the thread running the job: the kernel
+    /// clears it (and wakes a futex waiter) once that thread has exited.
+    ctid: u32,
+}
+
+impl Job {
+    fn new(fd: u64, runs: &[u64], bits: &mut [u64], skip_zero: bool) -> Self {
+        let (runs, nr_runs, nr_bits) = (runs.as_ptr(), runs.len() / 3, bits.len());
+        Job { fd, runs, nr_runs, bits: bits.as_mut_ptr(), nr_bits, skip_zero, status: 0, written: 0, fail_run: 0, fail_done: 0, ctid: 1 }
     }
-    let (mut pos, mut k) = (first, 0usize);
-    for (i, run) in runs.chunks_exact(3).enumerate() {
-        let &[vaddr, len, _] = run else { return -EINVAL };
-        let mut seg = vaddr; // start of the pending non-zero segment
-        let mut at = vaddr;
-        while at <= vaddr + len {
-            let end = at == vaddr + len;
-            if end || page_is_zero(at) {
-                if at > seg {
-                    let r = write_all(c.arg[0], seg, at - seg, pos);
-                    if r < 0 {
-                        reply.value = [i as u64, seg - vaddr, pos - first];
-                        return r;
+
+    fn run(&mut self) {
+        // SAFETY: `runs` and `bits` come from `Job::new`: disjoint parts of
+        // the data area, alive until the command's reply, and only this
+        // job's thread uses them while it runs.
+        let (runs, bits) = unsafe { (core::slice::from_raw_parts(self.runs, self.nr_runs * 3), core::slice::from_raw_parts_mut(self.bits, self.nr_bits)) };
+        for w in bits.iter_mut() {
+            // SAFETY: `w` is a valid &mut u64; volatile only keeps the compiler
+            // from turning this loop into a memset call through the GOT (the
+            // blob must have no relocations).
+            unsafe { core::ptr::write_volatile(w, 0) };
+        }
+        let Some(first) = runs.get(2).copied() else { return };
+        let (mut pos, mut k) = (first, 0usize);
+        for (i, run) in runs.chunks_exact(3).enumerate() {
+            let &[vaddr, len, _] = run else { return };
+            let mut seg = vaddr; // start of the pending non-zero segment
+            let mut at = vaddr;
+            while at <= vaddr + len {
+                let end = at == vaddr + len;
+                if end || (self.skip_zero && page_is_zero(at)) {
+                    if at > seg {
+                        let r = write_all(self.fd, seg, at - seg, pos);
+                        if r < 0 {
+                            (self.status, self.fail_run, self.fail_done, self.written) = (r, i as u64, seg - vaddr, pos - first);
+                            return;
+                        }
+                        pos += at - seg;
                     }
-                    pos += at - seg;
+                    if let (false, Some(w)) = (end, bits.get_mut(k / 64)) {
+                        *w |= 1 << (k % 64);
+                    }
+                    seg = at + PAGE;
                 }
-                if let (false, Some(w)) = (end, bits.get_mut(k / 64)) {
-                    *w |= 1 << (k % 64);
+                if end {
+                    break;
                 }
-                seg = at + PAGE;
+                at += PAGE;
+                k += 1;
             }
-            if end {
-                break;
-            }
-            at += PAGE;
-            k += 1;
+        }
+        self.written = pos - first;
+    }
+}
+
+const CLONE_THREAD_FLAGS: u64 = 0x100 | 0x200 | 0x400 | 0x800 | 0x10000 | 0x40000 | 0x200000; // VM FS FILES SIGHAND THREAD SYSVSEM CHILD_CLEARTID
+const NR_CLONE: u64 = 56;
+const FUTEX_WAIT: u64 = 0;
+
+/// DrainPair (layout: see `Cmd::DrainPair`): list 1 on a second thread.
+fn drain_pair(a: &ParasiteArgs, c: &Command, reply: &mut Reply) -> i64 {
+    let Some(head) = data::<u64>(a, 2) else { return -EINVAL };
+    let (Some(&n0), Some(&n1)) = (head.first(), head.get(1)) else { return -EINVAL };
+    let (n0, n1) = (n0 as usize, n1 as usize);
+    let avail = (a.data_len.saturating_sub(rcr_abi::parasite::DRAIN_PAIR_STACK) / 8) as usize;
+    let Some(words) = data::<u64>(a, avail) else { return -EINVAL };
+    let Some((_, rest)) = words.split_at_mut_checked(2) else { return -EINVAL };
+    let Some((runs0, rest)) = rest.split_at_mut_checked(n0 * 3) else { return -EINVAL };
+    let Some((runs1, rest)) = rest.split_at_mut_checked(n1 * 3) else { return -EINVAL };
+    let pages = |r: &[u64]| r.chunks_exact(3).map(|w| w.get(1).map_or(0, |l| l / PAGE)).sum::<u64>().div_ceil(64) as usize;
+    let Some((bits0, rest)) = rest.split_at_mut_checked(pages(runs0)) else { return -EINVAL };
+    let Some((bits1, _)) = rest.split_at_mut_checked(pages(runs1)) else { return -EINVAL };
+    let skip = c.arg[2] & rcr_abi::parasite::DRAIN_SKIP_ZERO != 0;
+    let (mut job0, mut job1) = (Job::new(c.arg[0], runs0, bits0, skip), Job::new(c.arg[1], runs1, bits1, skip));
+    let stack_top = (a.data + a.data_len) & !15;
+    let tid = spawn(stack_top, &mut job1);
+    job0.run();
+    if tid > 0 {
+        // SAFETY: a volatile read of the word the kernel clears when the
+        // second thread exits; the thread itself never writes it.
+        while unsafe { core::ptr::read_volatile(&job1.ctid) } != 0 {
+            sys::syscall4(sys::NR_FUTEX, &job1.ctid as *const u32 as u64, FUTEX_WAIT, 1, 0);
+        }
+    } else {
+        job1.run();
+    }
+    reply.value = [job0.written, job1.written, 0];
+    for (list, j) in [&job0, &job1].into_iter().enumerate() {
+        if j.status < 0 {
+            reply.value = [list as u64, j.fail_run, j.fail_done];
+            return j.status;
         }
     }
-    reply.value[2] = pos - first;
     0
+}
+
+/// Starts a thread of this task running `job` on the stack below
+/// `stack_top`; returns its tid, or -errno if clone failed.
+fn spawn(stack_top: u64, job: &mut Job) -> i64 {
+    let ret: i64;
+    // SAFETY: clone with CLONE_VM|CLONE_THREAD... on the stack at the end
+    // of the data area, unused by anything else during a DrainPair. The
+    // child starts on that stack with every register but rax/rcx/r11 as
+    // here, so r12 still holds `job`; it calls pair_thread, which never
+    // returns. The caller waits for the child's exit (ctid) before `job`
+    // or the stack go away.
+    unsafe {
+        core::arch::asm!(
+            "syscall",
+            "test rax, rax",
+            "jnz 2f",
+            "mov rdi, r12",
+            "and rsp, -16",
+            "call {main}",
+            "ud2",
+            "2:",
+            main = sym pair_thread,
+            inlateout("rax") NR_CLONE as i64 => ret,
+            in("rdi") CLONE_THREAD_FLAGS,
+            in("rsi") stack_top,
+            in("rdx") 0u64,
+            in("r10") &mut job.ctid as *mut u32 as u64,
+            in("r8") 0u64,
+            in("r12") job as *mut Job as u64,
+            lateout("rcx") _,
+            lateout("r11") _,
+        );
+    }
+    ret
+}
+
+/// The second thread of a DrainPair: runs its job, then exits (the
+/// kernel then clears and wakes `job.ctid`).
+extern "C" fn pair_thread(job: *mut Job) -> ! {
+    // SAFETY: `job` is the caller's job1, which it leaves alone until this
+    // thread has exited.
+    unsafe { (*job).run() };
+    loop {
+        sys::syscall1(sys::NR_EXIT, 0);
+    }
 }
 
 /// pwrite of `len` bytes at `addr` to `off`, until done; 0 or -errno.

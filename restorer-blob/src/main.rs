@@ -93,7 +93,7 @@ extern "C" fn restore_main(args: *const RestoreArgs) -> ! {
     park_special(a);
     unmap_old(a);
     map_vmas(vmas);
-    read_pages(a.pages_fd, runs);
+    read_pages([a.pages_fd, a.pages_fd1], runs);
     protect_vmas(vmas);
     advise_vmas(vmas);
     close_helper_fds(a, vmas);
@@ -330,8 +330,12 @@ fn map_vmas(vmas: &[VmaEntry]) {
     }
 }
 
-fn read_pages(fd: i32, runs: &[PageRun]) {
+fn read_pages(fds: [i32; 2], runs: &[PageRun]) {
     for (i, run) in runs.iter().enumerate() {
+        let fd = match fds.get(run.part as usize) {
+            Some(&fd) if fd >= 0 => fd,
+            _ => fail(RestoreStep::ReadPages, i as u64, -9),
+        };
         let mut done = 0u64;
         let total = run.nr_pages * PAGE_SIZE;
         while done < total {
@@ -376,8 +380,10 @@ fn close_helper_fds(a: &RestoreArgs, vmas: &[VmaEntry]) {
             sys::close(v.fd);
         }
     }
-    if a.pages_fd >= 0 {
-        sys::close(a.pages_fd);
+    for fd in [a.pages_fd, a.pages_fd1] {
+        if fd >= 0 {
+            sys::close(fd);
+        }
     }
 }
 

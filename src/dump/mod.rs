@@ -367,26 +367,46 @@ fn pending_signals(t: &Tracee, with_shared: bool) -> Result<Vec<pb::PendingSigna
 fn write_pages(t: &Tracee, p: &mut Parasite, dir: &ImageDir, c: &Collected, via: PagesVia) -> Result<Vec<pb::PagemapEntry>> {
     let mut sink = Box::new(PageFile::create(dir, t.pid() as u32)?);
     let mut readv = ReadvSource { pid: t.pid() };
-    let mut through_parasite;
+    let mut through_parasite = None;
+    let pid = t.pid();
     let source: &mut dyn PageSource = match via {
         PagesVia::Readv => &mut readv,
         PagesVia::Write => {
-            through_parasite = ParasiteSource::new(p, ParasiteVia::Write);
-            &mut through_parasite
+            let source = through_parasite.insert(ParasiteSource::new(p, ParasiteVia::Write));
+            if !under_seccomp(pid)? {
+                let open: mm::dump::OpenSink = Box::new(move || Ok(Box::new(PageFile::create_part(dir, pid as u32, 1)?)));
+                source.set_second_file(mm::dump::SecondFile::new(open));
+            }
+            source
         }
-        PagesVia::Splice => {
-            through_parasite = ParasiteSource::new(p, ParasiteVia::Splice);
-            &mut through_parasite
-        }
+        PagesVia::Splice => through_parasite.insert(ParasiteSource::new(p, ParasiteVia::Splice)),
     };
     let how = source.describe();
-    let file = || format!("pid {}: saving its memory into {}", t.pid(), dir.file(Kind::Pages, Some(t.pid() as u32)).display());
-    mm::dump::dump_pages(t.pid(), &c.mm.vmas, source, sink.as_mut()).with_context(file)?;
-    let pagemap = (sink as Box<dyn PageSink>).finish().with_context(file)?;
+    mm::dump::dump_pages(t.pid(), &c.mm.vmas, source, sink.as_mut())?;
+    // The second writer's pages file, if it wrote one: its runs merge into
+    // the one pagemap (each entry names its file).
+    let second_pagemap = match through_parasite.as_mut().and_then(|s| s.take_second_file()) {
+        Some(h) => h.finish()?,
+        None => Vec::new(),
+    };
+    let second: u64 = second_pagemap.iter().map(|e| u64::from(e.nr_pages)).sum();
+    let mut pagemap = (sink as Box<dyn PageSink>).finish()?;
+    if !second_pagemap.is_empty() {
+        pagemap.extend(second_pagemap);
+        pagemap.sort_by_key(|e| e.vaddr);
+    }
     let saved: u64 = pagemap.iter().map(|e| u64::from(e.nr_pages)).sum();
     stats::add(stats::Count::PagesWritten, saved);
     log::info(&format!("pid {}: {} pages saved in {} runs via {how}", t.pid(), saved, pagemap.len()));
+    if second > 0 {
+        log::info(&format!("pid {pid}: {second} of them by a second parasite thread, into pages-{pid}.1.img"));
+    }
     Ok(pagemap)
+}
+
+/// Whether `pid` runs under seccomp (/proc status `Seccomp` not 0).
+fn under_seccomp(pid: i32) -> Result<bool> {
+    Ok(proc::status(pid)?.get("Seccomp").is_some_and(|m| m != "0"))
 }
 
 fn write_images(pid: u32, dir: &ImageDir, c: &Collected, pagemap: &[pb::PagemapEntry]) -> Result<()> {

@@ -26,11 +26,32 @@ pub trait PageSink {
     fn finish(self: Box<Self>) -> Result<Vec<PagemapEntry>>;
 }
 
-/// Writes pages-<pid>.img: a header page, then the pages back to back.
+/// Number of pages files a process may have: pages-<pid>.img (part 0),
+/// and pages-<pid>.1.img (part 1), written at the same time by a second
+/// writer on the other core (ext4 serializes buffered writes to one inode).
+pub const PAGE_PARTS: u32 = 2;
+
+/// The name of pages file `part` of process `pid` in the image directory.
+pub fn part_name(pid: u32, part: u32) -> String {
+    match part {
+        0 => ImageDir::name(Kind::Pages, Some(pid)),
+        n => format!("pages-{pid}.{n}.img"),
+    }
+}
+
+/// The pages file `part` of process `pid`, for messages.
+pub fn part_path(dir: &ImageDir, pid: u32, part: u32) -> PathBuf {
+    dir.path.join(part_name(pid, part))
+}
+
+/// Writes pages-<pid>.img (or another part): a header page, then the pages
+/// back to back.
 #[derive(Debug)]
 pub struct PageFile {
     path: PathBuf,
     file: File,
+    /// Which pages file of the process this is (PagemapEntry.part).
+    part: u32,
     /// Where the next pages go.
     pos: u64,
     entries: Vec<PagemapEntry>,
@@ -38,10 +59,15 @@ pub struct PageFile {
 
 impl PageFile {
     pub fn create(dir: &ImageDir, pid: u32) -> Result<Self> {
-        let path = dir.file(Kind::Pages, Some(pid));
-        let file = dir.create_file(&ImageDir::name(Kind::Pages, Some(pid)))?;
+        Self::create_part(dir, pid, 0)
+    }
+
+    pub fn create_part(dir: &ImageDir, pid: u32, part: u32) -> Result<Self> {
+        let name = part_name(pid, part);
+        let path = dir.path.join(&name);
+        let file = dir.create_file(&name)?;
         file.write_all_at(&pages_header(), 0).with_context(|| format!("writing {}", path.display()))?;
-        Ok(Self { path, file, pos: PAGES_DATA_OFFSET, entries: Vec::new() })
+        Ok(Self { path, file, part, pos: PAGES_DATA_OFFSET, entries: Vec::new() })
     }
 
     fn record(&mut self, vaddr: u64, len: u64) -> u64 {
@@ -50,7 +76,7 @@ impl PageFile {
             Some(last) if last.vaddr + u64::from(last.nr_pages) * PAGE_SIZE == vaddr && u64::from(last.nr_pages) + n <= u32::MAX as u64 => {
                 last.nr_pages += n as u32;
             }
-            _ => self.entries.push(PagemapEntry { vaddr, nr_pages: n as u32, flags: PageFlags::PagePresent as u32 }),
+            _ => self.entries.push(PagemapEntry { vaddr, nr_pages: n as u32, flags: PageFlags::PagePresent as u32, part: self.part }),
         }
         let at = self.pos;
         self.pos += len;
@@ -86,15 +112,27 @@ impl PageSink for PageFile {
     }
 }
 
-/// Byte offset in the pages file of each pagemap entry's first page.
+/// Byte offset of each pagemap entry's first page in its pages file (the
+/// entry's part): each part holds its entries' pages back to back, in the
+/// order of the pagemap.
 pub fn run_offsets(entries: &[PagemapEntry]) -> Vec<u64> {
-    let mut off = PAGES_DATA_OFFSET;
+    let mut off = [PAGES_DATA_OFFSET; PAGE_PARTS as usize];
     entries
         .iter()
         .map(|e| {
-            let o = off;
-            off += u64::from(e.nr_pages) * PAGE_SIZE;
+            let slot = &mut off[(e.part as usize).min(PAGE_PARTS as usize - 1)];
+            let o = *slot;
+            *slot += u64::from(e.nr_pages) * PAGE_SIZE;
             o
         })
         .collect()
+}
+
+/// Pages stored in each part, as the pagemap describes them.
+pub fn part_pages(entries: &[PagemapEntry]) -> [u64; PAGE_PARTS as usize] {
+    let mut n = [0; PAGE_PARTS as usize];
+    for e in entries.iter().filter(|e| e.part < PAGE_PARTS) {
+        n[e.part as usize] += u64::from(e.nr_pages);
+    }
+    n
 }

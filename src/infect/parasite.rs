@@ -490,6 +490,38 @@ impl<'t> Parasite<'t> {
         Ok((written, all.split_off(runs.len() * 3)))
     }
 
+    /// Has the parasite and a second thread it clones pwrite `runs0` into
+    /// `fd0` and `runs1` into `fd1` at the same time, each list back to
+    /// back from its first run's `file_off` (leaving out all-zero pages if
+    /// `skip_zero`). Returns the bytes written into each file and each
+    /// list's zero-page bitmap. The two lists must pass [`drain_pair_fits`].
+    pub fn drain_pair(&mut self, fds: [i32; 2], runs: [&[DrainRun]; 2], skip_zero: bool) -> Result<([u64; 2], [Vec<u64>; 2])> {
+        use rcr_abi::parasite::DRAIN_SKIP_ZERO;
+        let mut words = vec![runs[0].len() as u64, runs[1].len() as u64];
+        words.extend(runs.iter().flat_map(|l| l.iter()).flat_map(|r| [r.vaddr, r.len, r.file_off]));
+        self.write_data(&words);
+        let flags = if skip_zero { DRAIN_SKIP_ZERO } else { 0 };
+        let r = self.send_cmd(Cmd::DrainPair, [fds[0] as u64, fds[1] as u64, flags]).and_then(|()| self.recv_reply(Cmd::DrainPair as u32))?;
+        fault::point("pages drained")?;
+        if r.status < 0 {
+            let run = runs.get(r.value[0] as usize).and_then(|l| l.get(r.value[1] as usize)).copied().unwrap_or_default();
+            bail!(
+                "parasite in pid {} could not drain memory at {:#x} ({} bytes, {} done, writer {}): {}",
+                self.t.pid(),
+                run.vaddr,
+                run.len,
+                r.value[2],
+                r.value[0],
+                errno(r.status as i64)
+            );
+        }
+        let (w0, w1) = (drain_bitmap_words(runs[0]), drain_bitmap_words(runs[1]));
+        let mut all = self.read_data::<u64>(words.len() + w0 + w1);
+        let bits1 = all.split_off(words.len() + w0);
+        let bits0 = all.split_off(words.len());
+        Ok(([r.value[0], r.value[1]], [bits0, bits1]))
+    }
+
     /// Has the parasite vmsplice `runs` into the pipe `fd` (its number in
     /// the task) while `consume` empties the other end; `consume` gets the
     /// total byte count and is called right after the command is sent.
@@ -763,6 +795,13 @@ pub fn sigactions_to_pb(acts: &[KSigaction]) -> Vec<pb::SigAction> {
 /// u64 words of the zero-page bitmap of a skip-zero drain of `runs`.
 pub fn drain_bitmap_words(runs: &[DrainRun]) -> usize {
     (runs.iter().map(|r| r.len / 4096).sum::<u64>()).div_ceil(64) as usize
+}
+
+/// Whether two lists of a [`Parasite::drain_pair`] and their bitmaps fit
+/// the data area, below the second thread's stack.
+pub fn drain_pair_fits(runs: [&[DrainRun]; 2]) -> bool {
+    let words = 2 + runs.iter().map(|l| l.len() * 3 + drain_bitmap_words(l)).sum::<usize>();
+    words * 8 <= (PARASITE_DATA - rcr_abi::parasite::DRAIN_PAIR_STACK) as usize
 }
 
 /// Whether `runs` and their zero-page bitmap fit the data area together.

@@ -311,22 +311,26 @@ pub struct ReadvSource {
 impl PageSource for ReadvSource {
     fn drain(&mut self, runs: &[(u64, u64)], skip_zero: bool, sink: &mut dyn PageSink) -> Result<()> {
         let mut buf = vec![0u8; CHUNK.min(runs.iter().map(|r| r.1).max().unwrap_or(0)) as usize];
-        for &(addr, len) in runs {
-            let mut done = 0;
-            while done < len {
-                let n = (len - done).min(CHUNK) as usize;
-                crate::infect::read_memory(self.pid, addr + done, &mut buf[..n])
-                    .with_context(|| format!("reading pages at {:#x}", addr + done))?;
-                put_run(sink, addr + done, &buf[..n], skip_zero)?;
-                done += n as u64;
-            }
-        }
-        Ok(())
+        readv_runs(self.pid, runs, skip_zero, sink, &mut buf)
     }
 
     fn describe(&self) -> &'static str {
         "process_vm_readv (fallback)"
     }
+}
+
+/// process_vm_readv of `runs` through `buf`, then into `sink`.
+fn readv_runs(pid: i32, runs: &[(u64, u64)], skip_zero: bool, sink: &mut dyn PageSink, buf: &mut [u8]) -> Result<()> {
+    for &(addr, len) in runs {
+        let mut done = 0;
+        while done < len {
+            let n = (len - done).min(buf.len() as u64) as usize;
+            crate::infect::read_memory(pid, addr + done, &mut buf[..n]).with_context(|| format!("reading pages at {:#x}", addr + done))?;
+            put_run(sink, addr + done, &buf[..n], skip_zero)?;
+            done += n as u64;
+        }
+    }
+    Ok(())
 }
 
 /// Reads the pages of every VMA that needs them and hands them to `sink`:
@@ -438,6 +442,44 @@ pub enum ParasiteVia {
     Splice,
 }
 
+/// Opens the sink of the second writer (the second pages file).
+pub type OpenSink<'s> = Box<dyn FnMut() -> Result<Box<dyn PageSink>> + 's>;
+
+/// The second pages file, for a second writer on the other core: a
+/// thread the parasite clones in the task, pwriting half of each large
+/// drain from the task's memory while the parasite writes the other half
+/// (ext4 serializes buffered writes into one inode, so two writers need
+/// two files). Opened on the first drain large enough to share.
+pub struct SecondFile<'s> {
+    open: OpenSink<'s>,
+    sink: Option<Box<dyn PageSink>>,
+}
+
+impl std::fmt::Debug for SecondFile<'_> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("SecondFile").field("opened", &self.sink.is_some()).finish()
+    }
+}
+
+impl<'s> SecondFile<'s> {
+    pub fn new(open: OpenSink<'s>) -> Self {
+        SecondFile { open, sink: None }
+    }
+
+    /// The pagemap entries of what went into the second file (none if it
+    /// was never opened).
+    pub fn finish(self) -> Result<Vec<crate::images::pb::PagemapEntry>> {
+        self.sink.map_or(Ok(Vec::new()), |s| s.finish())
+    }
+}
+
+/// Drains smaller than this are not shared between two writers.
+const SHARE_MIN: u64 = 16 << 20;
+
+/// Largest run one list of a pair batch carries (its bitmap must fit half
+/// of the data area): longer runs are split.
+const PAIR_PIECE: u64 = 4 << 30;
+
 /// The normal path: pages leave through the parasite.
 #[derive(Debug)]
 pub struct ParasiteSource<'a, 't> {
@@ -447,11 +489,77 @@ pub struct ParasiteSource<'a, 't> {
     /// number in the task.
     task_fd: Option<(RawFd, i32)>,
     pipe_read: Option<OwnedFd>,
+    second: Option<SecondFile<'a>>,
+    /// The second file's fd number in the task.
+    second_fd: Option<i32>,
 }
 
 impl<'a, 't> ParasiteSource<'a, 't> {
     pub fn new(p: &'a mut Parasite<'t>, via: ParasiteVia) -> Self {
-        ParasiteSource { p, via, task_fd: None, pipe_read: None }
+        ParasiteSource { p, via, task_fd: None, pipe_read: None, second: None, second_fd: None }
+    }
+
+    /// Shares large Write drains with a second thread in the task, writing
+    /// into `second`. Only for a task without seccomp filters: its new
+    /// thread would run under them (rcr suspends them for the traced one).
+    pub fn set_second_file(&mut self, second: SecondFile<'a>) {
+        self.second = Some(second);
+    }
+
+    /// The second file back, to finish it.
+    pub fn take_second_file(&mut self) -> Option<SecondFile<'a>> {
+        self.second.take()
+    }
+
+    /// Drains `runs` with two writers: the first half of the bytes (lower
+    /// addresses) by the parasite into `sink`, the second half by its
+    /// second thread into the second file, in batches that fit the data
+    /// area; each sink records its runs where they were written.
+    fn drain_pair(&mut self, second: &mut SecondFile<'a>, runs: &[(u64, u64)], skip_zero: bool, sink: &mut dyn PageSink) -> Result<()> {
+        use crate::infect::parasite::drain_pair_fits;
+        if second.sink.is_none() {
+            second.sink = Some((second.open)()?);
+        }
+        let other = second.sink.as_deref_mut().context("second pages file")?;
+        let total: u64 = runs.iter().map(|r| r.1).sum();
+        let (head, tail) = split_at_byte(runs, total / 2 / PAGE_SIZE * PAGE_SIZE);
+        let lists = [split_runs(&head, PAIR_PIECE), split_runs(&tail, PAIR_PIECE)];
+        let mut next = [0usize; 2];
+        while next[0] < lists[0].len() || next[1] < lists[1].len() {
+            let tails = [sink.tail(), other.tail()];
+            let (Some((file0, base0)), Some((file1, base1))) = (tails[0], tails[1]) else { bail!("this page sink does not take direct writes") };
+            let mut batch: [Vec<DrainRun>; 2] = Default::default();
+            let mut grew = true;
+            while grew {
+                grew = false;
+                for (k, base) in [(0, base0), (1, base1)] {
+                    let Some(&(vaddr, len)) = lists[k].get(next[k]) else { continue };
+                    batch[k].push(DrainRun { vaddr, len, file_off: base });
+                    if drain_pair_fits([&batch[0], &batch[1]]) {
+                        next[k] += 1;
+                        grew = true;
+                    } else {
+                        batch[k].pop();
+                    }
+                }
+            }
+            let fds = [self.task_fd(file0)?, self.second_fd(file1)?];
+            let (written, zero) = self.p.drain_pair(fds, [&batch[0], &batch[1]], skip_zero)?;
+            record_batch(sink, &batch[0], &zero[0], base0, written[0])?;
+            record_batch(other, &batch[1], &zero[1], base1, written[1])?;
+        }
+        Ok(())
+    }
+
+    fn second_fd(&mut self, mine: RawFd) -> Result<i32> {
+        match self.second_fd {
+            Some(theirs) => Ok(theirs),
+            None => {
+                let theirs = self.p.give_fd(mine)?;
+                self.second_fd = Some(theirs);
+                Ok(theirs)
+            }
+        }
     }
 
     /// The task's number for rcr's fd `mine`, handing it over once.
@@ -498,21 +606,49 @@ impl<'a, 't> ParasiteSource<'a, 't> {
             }
             let fd = self.task_fd(file)?;
             let (written, zero) = self.p.drain_write_skip_zero(fd, &batch)?;
-            crate::stats::add(crate::stats::Count::PagesZero, zero.iter().map(|w| u64::from(w.count_ones())).sum());
-            let mut at = base;
-            for (vaddr, len) in nonzero_runs(&batch, &zero) {
-                let (_, off) = sink.reserve(vaddr, len).context("this page sink does not take direct writes")?;
-                if off != at {
-                    bail!("page sink put {vaddr:#x} at {off}, the parasite wrote it at {at}");
-                }
-                at += len;
-            }
-            if at - base != written {
-                bail!("the parasite wrote {written} bytes of pages, its zero-page bitmap leaves {}", at - base);
-            }
+            record_batch(sink, &batch, &zero, base, written)?;
         }
         Ok(())
     }
+}
+
+/// Records in `sink` the runs of `batch` the parasite wrote back to back
+/// from `base` (all but the pages set in the bitmap `zero`), checking
+/// they land where it wrote them and add up to `written` bytes.
+fn record_batch(sink: &mut dyn PageSink, batch: &[DrainRun], zero: &[u64], base: u64, written: u64) -> Result<()> {
+    crate::stats::add(crate::stats::Count::PagesZero, zero.iter().map(|w| u64::from(w.count_ones())).sum());
+    let mut at = base;
+    for (vaddr, len) in nonzero_runs(batch, zero) {
+        let (_, off) = sink.reserve(vaddr, len).context("this page sink does not take direct writes")?;
+        if off != at {
+            bail!("page sink put {vaddr:#x} at {off}, the parasite wrote it at {at}");
+        }
+        at += len;
+    }
+    if at - base != written {
+        bail!("the parasite wrote {written} bytes of pages, its zero-page bitmap leaves {}", at - base);
+    }
+    Ok(())
+}
+
+/// Runs of memory: (address, length) in bytes.
+type Runs = Vec<(u64, u64)>;
+
+/// `runs` cut after `at` bytes: the runs before, the runs after (a run
+/// may be split at a page boundary).
+fn split_at_byte(runs: &[(u64, u64)], at: u64) -> (Runs, Runs) {
+    let (mut head, mut tail, mut seen) = (Vec::new(), Vec::new(), 0);
+    for &(vaddr, len) in runs {
+        let n = at.saturating_sub(seen).min(len);
+        if n > 0 {
+            head.push((vaddr, n));
+        }
+        if n < len {
+            tail.push((vaddr + n, len - n));
+        }
+        seen += len;
+    }
+    (head, tail)
 }
 
 /// Pipe size asked for the splice path (fs.pipe-max-size is 1 MiB here).
@@ -549,6 +685,26 @@ fn nonzero_runs(batch: &[DrainRun], zero: &[u64]) -> Vec<(u64, u64)> {
 
 impl PageSource for ParasiteSource<'_, '_> {
     fn drain(&mut self, runs: &[(u64, u64)], skip_zero: bool, sink: &mut dyn PageSink) -> Result<()> {
+        let total: u64 = runs.iter().map(|r| r.1).sum();
+        if let Some(mut second) = self.second.take_if(|_| total >= SHARE_MIN && self.via == ParasiteVia::Write) {
+            let r = self.drain_pair(&mut second, runs, skip_zero, sink);
+            self.second = Some(second);
+            return r;
+        }
+        self.drain_here(runs, skip_zero, sink)
+    }
+
+    fn describe(&self) -> &'static str {
+        match self.via {
+            ParasiteVia::Write => "parasite write",
+            ParasiteVia::Splice => "parasite vmsplice + splice",
+        }
+    }
+}
+
+impl ParasiteSource<'_, '_> {
+    /// Drains `runs` through the parasite alone.
+    fn drain_here(&mut self, runs: &[(u64, u64)], skip_zero: bool, sink: &mut dyn PageSink) -> Result<()> {
         if skip_zero && self.via == ParasiteVia::Write {
             return self.drain_skip_zero(runs, sink);
         }
@@ -574,13 +730,6 @@ impl PageSource for ParasiteSource<'_, '_> {
             }
         }
         Ok(())
-    }
-
-    fn describe(&self) -> &'static str {
-        match self.via {
-            ParasiteVia::Write => "parasite write",
-            ParasiteVia::Splice => "parasite vmsplice + splice",
-        }
     }
 }
 

@@ -96,7 +96,7 @@ pub fn plan(mm: &Mm, pagemap: &[PagemapEntry], files: &FileTable, self_maps: &[M
     let runs = pagemap
         .iter()
         .zip(offsets)
-        .map(|(p, off)| PageRun { vaddr: p.vaddr, nr_pages: u64::from(p.nr_pages), file_off: off })
+        .map(|(p, off)| PageRun { vaddr: p.vaddr, nr_pages: u64::from(p.nr_pages), file_off: off, part: u64::from(p.part) })
         .collect::<Vec<_>>();
     check_runs(&runs, &vmas)?;
     let mut auxv = [0u64; AUXV_WORDS];

@@ -175,6 +175,8 @@ impl Region {
             pdeathsig,
             creds_done: 0,
             creds: creds.leader,
+            pages_fd1: -1,
+            _pad_pages: 0,
         };
         mm_map.auxv = start + args_off + std::mem::offset_of!(RestoreArgs, auxv) as u64;
         let args = RestoreArgs { mm_map, ..args };
@@ -197,9 +199,11 @@ impl Region {
         unsafe { std::slice::from_raw_parts_mut((self.start + self.vmas_off) as *mut VmaEntry, self.nr_vmas) }
     }
 
-    pub fn set_fds(&mut self, pages_fd: i32, exe_fd: i32) {
+    /// The pages files (part 0 and, if the process has one, part 1) and
+    /// the exe file.
+    pub fn set_fds(&mut self, pages_fds: [i32; 2], exe_fd: i32) {
         let a = self.args_mut();
-        a.pages_fd = pages_fd;
+        [a.pages_fd, a.pages_fd1] = pages_fds;
         a.exe_fd = exe_fd;
         a.mm_map.exe_fd = exe_fd as u32;
     }

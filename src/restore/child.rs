@@ -149,18 +149,20 @@ fn wait_for_zombies(tree: &Tree, p: &Proc) -> Result<()> {
 fn prepare(l: &Loaded, tree_bound: Option<&crate::creds::trust::Bound>, files: &FileTable, fd_images: &files::fds::Images, region: &mut Region, inherited: &Inherited, sync: &Sync) -> Result<()> {
     // SAFETY: personality(2) with a value the task had.
     unsafe { libc::personality(l.core.personality as libc::c_ulong) };
-    // The pages file, opened through the image directory fd (closed next),
+    // The pages files, opened through the image directory fd (closed next),
     // above every fd number the process will use.
     let max_fd = l.fds.iter().map(|f| f.fd as RawFd).chain(inherited.fds()).max().unwrap_or(2).max(2);
-    let opened = l.pages_dir.open_file(&l.pages_name)?;
-    let pages = crate::sys::dup_above(opened.as_raw_fd(), max_fd + 1).context("moving the pages file fd")?;
-    drop(opened);
+    let mut pages = [-1; 2];
+    for (fd, name) in pages.iter_mut().zip(&l.pages_names) {
+        let opened = l.pages_dir.open_file(name)?;
+        *fd = crate::sys::dup_above(opened.as_raw_fd(), max_fd + 1).with_context(|| format!("moving the fd of {name}"))?;
+    }
     // The tree's own files are opened as the user an untrusted set is bounded by.
     let ids = tree_bound.map(|b| b.files_as()).transpose()?.flatten();
     files::fs::restore(&l.fs)?;
     let mut keep = inherited.fds();
     keep.push(sync.err_write);
-    keep.push(pages);
+    keep.extend(pages.iter().filter(|fd| **fd >= 0));
     crate::sys::close_all_except(&keep)?;
     files::fds::place(&l.fds, &inherited.descs)?;
     files::fds::after_fds(l.core.pid as i32, &l.fds, fd_images)?;
@@ -211,7 +213,7 @@ fn unregister_own_rseq() -> Result<()> {
 /// Opens the files the VMAs map (for shared anonymous memory, memfds and
 /// deleted files: a copy of the object rcr created), the pages image and
 /// the exe file; the blob closes them all before the process runs.
-fn open_mapping_fds(l: &Loaded, files: &FileTable, region: &mut Region, inherited: &Inherited, pages: RawFd) -> Result<()> {
+fn open_mapping_fds(l: &Loaded, files: &FileTable, region: &mut Region, inherited: &Inherited, pages: [RawFd; 2]) -> Result<()> {
     assign_fds(&l.plan.vma_shmem, region, |inode| {
         let obj = inherited.shmem.get(&inode).with_context(|| format!("no shared memory object for inode {inode}"))?;
         crate::sys::dup(*obj).context("dup of a shared memory object")

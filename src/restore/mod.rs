@@ -73,10 +73,11 @@ pub struct Loaded {
     pub mm: pb::Mm,
     pub fds: Vec<pb::FdEntry>,
     pub fs: pb::Fs,
-    /// The image directory and the name of this process's pages file in
-    /// it (the restore child opens it relative to the directory).
+    /// The image directory and the names of this process's pages files in
+    /// it, by part (pages-PID.img, then pages-PID.1.img if any); the
+    /// restore child opens them relative to the directory.
     pub pages_dir: ImageDir,
-    pub pages_name: String,
+    pub pages_names: Vec<String>,
     pub plan: Plan,
 }
 
@@ -366,10 +367,9 @@ fn load_process(cx: &LoadCx, entry: pb::PstreeEntry, kin: Kin) -> Result<Proc> {
     let fs: pb::Fs = dir.read_one(Kind::Fs, pid)?;
     let imgs = validate::ProcImages { pid: p.entry.pid, core: &core, mm: &mm, pagemap: &pagemap, fds: &fds, fs: &fs };
     validate::process(&imgs, cx.files, cx.fd_images, cx.limits)?;
-    let pages_name = ImageDir::name(Kind::Pages, pid);
-    validate::pages_file(dir, &pages_name, &pagemap)?;
+    let pages_names = validate::pages_files(dir, p.entry.pid, &pagemap)?;
     let plan = crate::mm::restore::plan(&mm, &pagemap, cx.files, cx.self_maps).with_context(|| format!("pid {}", p.entry.pid))?;
-    p.live = Some(Box::new(Loaded { core, mm, fds, fs, pages_dir: dir.clone(), pages_name, plan }));
+    p.live = Some(Box::new(Loaded { core, mm, fds, fs, pages_dir: dir.clone(), pages_names, plan }));
     Ok(p)
 }
 

@@ -425,16 +425,33 @@ fn fdinfo(pid: u32, fds: &[pb::FdEntry], images: &Images, l: &Limits) -> Result<
     Ok(())
 }
 
-/// The pages file: its header, and exactly as many pages as the pagemap
-/// describes.
-pub fn pages_file(dir: &crate::images::ImageDir, name: &str, pagemap: &[pb::PagemapEntry]) -> Result<()> {
+/// The pages files of process `pid`, checked against its pagemap: part 0
+/// always, part 1 if the pagemap has runs in it; each a pages file of
+/// exactly the size its runs need. Returns their names in the directory.
+pub fn pages_files(dir: &crate::images::ImageDir, pid: u32, pagemap: &[pb::PagemapEntry]) -> Result<Vec<String>> {
+    use crate::images::pages::{part_name, part_pages, PAGE_PARTS};
+    if let Some((i, e)) = pagemap.iter().enumerate().find(|(_, e)| e.part >= PAGE_PARTS) {
+        bail!("pagemap-{pid}.img: entry {i} (run at {:#x}): part {} (rcr knows parts 0 and 1)", e.vaddr, e.part);
+    }
+    let mut names = Vec::new();
+    for (part, pages) in part_pages(pagemap).into_iter().enumerate() {
+        if part > 0 && pages == 0 {
+            break;
+        }
+        let name = part_name(pid, part as u32);
+        pages_file(dir, &name, pages)?;
+        names.push(name);
+    }
+    Ok(names)
+}
+
+fn pages_file(dir: &crate::images::ImageDir, name: &str, pages: u64) -> Result<()> {
     use std::io::Read;
     let path = &dir.path.join(name);
     let mut f = dir.open_file(name)?;
     let mut h = [0u8; 8];
     f.read_exact(&mut h).with_context(|| format!("{}: truncated header", path.display()))?;
     crate::images::check_header(path, h, Some(Kind::Pages))?;
-    let pages: u64 = pagemap.iter().map(|p| u64::from(p.nr_pages)).sum();
     let need = pages.checked_mul(PAGE_SIZE).and_then(|b| b.checked_add(PAGES_DATA_OFFSET));
     let have = f.metadata()?.len();
     if need != Some(have) {

@@ -4,7 +4,8 @@
  * something (a dump -R, a killed dump) touched it.
  *
  * Sets up:
- *   - memory with known content: a 4 MiB malloc (its own mmap), a 192 KiB
+ *   - memory with known content: a 40 MiB malloc (its own mmap; large
+ *     enough that rcr drains it with two writer threads), a 192 KiB
  *     malloc (brk heap), a .bss buffer, a .data buffer and a stack buffer;
  *   - registers: with AVX-512 (avx512f + avx512bw) zmm16..zmm31 and k1..k7,
  *     without it ymm0..ymm15; plus rbx, rdx, rsi, rdi, r8, r9, r10 and
@@ -35,7 +36,7 @@
 #include <stddef.h>
 #include <stdint.h>
 
-#define BIG_SIZE (4UL << 20)
+#define BIG_SIZE (40UL << 20)
 #define SMALL_SIZE (192UL << 10)
 #define BSS_SIZE (64UL << 10)
 #define STACK_BUF (16UL << 10)
@@ -204,7 +205,7 @@ int main(int argc, char **argv)
 		if (steady_regs.kout[k] != steady_regs.kin[k])
 			fail("k%d is %#llx, expected %#llx", k, (unsigned long long)steady_regs.kout[k],
 			     (unsigned long long)steady_regs.kin[k]);
-	check_mem("the 4 MiB malloc", big, BIG_SIZE, 501);
+	check_mem("the 40 MiB malloc", big, BIG_SIZE, 501);
 	check_mem("the 192 KiB malloc", small, SMALL_SIZE, 502);
 	check_mem("the .bss buffer", bss_buf, BSS_SIZE, 503);
 	check_mem("the .data buffer", data_buf, sizeof(data_buf), 504);

@@ -382,15 +382,16 @@ fn write_pages(t: &Tracee, p: &mut Parasite, dir: &ImageDir, c: &Collected, via:
         PagesVia::Splice => through_parasite.insert(ParasiteSource::new(p, ParasiteVia::Splice)),
     };
     let how = source.describe();
-    mm::dump::dump_pages(t.pid(), &c.mm.vmas, source, sink.as_mut())?;
+    let file = || format!("pid {}: saving its memory into {} (and its .1 part)", t.pid(), dir.file(Kind::Pages, Some(t.pid() as u32)).display());
+    mm::dump::dump_pages(t.pid(), &c.mm.vmas, source, sink.as_mut()).with_context(file)?;
     // The second writer's pages file, if it wrote one: its runs merge into
     // the one pagemap (each entry names its file).
     let second_pagemap = match through_parasite.as_mut().and_then(|s| s.take_second_file()) {
-        Some(h) => h.finish()?,
+        Some(h) => h.finish().with_context(file)?,
         None => Vec::new(),
     };
     let second: u64 = second_pagemap.iter().map(|e| u64::from(e.nr_pages)).sum();
-    let mut pagemap = (sink as Box<dyn PageSink>).finish()?;
+    let mut pagemap = (sink as Box<dyn PageSink>).finish().with_context(file)?;
     if !second_pagemap.is_empty() {
         pagemap.extend(second_pagemap);
         pagemap.sort_by_key(|e| e.vaddr);

@@ -913,3 +913,26 @@ impl Drop for TestEnv {
         }
     }
 }
+
+/// Waits (bounded) until no dump watchdog of a killed rcr runs any more:
+/// orphaned, they are reparented to this test process (a child
+/// subreaper); their command line is `rcr __watchdog`. (Those of other
+/// tests running in parallel are waited for too: harmless.)
+pub fn wait_watchdogs(what: &str) {
+    let me = std::process::id().to_string();
+    let start = Instant::now();
+    loop {
+        let busy: Vec<i32> = fs::read_dir("/proc")
+            .map(|d| d.flatten().filter_map(|e| e.file_name().to_str()?.parse().ok()).collect())
+            .unwrap_or_else(|_| Vec::new())
+            .into_iter()
+            .filter(|&p: &i32| stat_fields(p).get(1) == Some(&me))
+            .filter(|p| fs::read(format!("/proc/{p}/cmdline")).is_ok_and(|c| c.split(|&b| b == 0).any(|a| a == b"__watchdog")))
+            .collect();
+        if busy.is_empty() {
+            return;
+        }
+        assert!(start.elapsed() < Duration::from_secs(15), "{what}: the dump watchdog(s) {busy:?} still run after 15 s");
+        std::thread::sleep(Duration::from_millis(5));
+    }
+}

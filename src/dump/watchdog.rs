@@ -223,9 +223,22 @@ fn unrepair(pid: i32, fd: i32) -> Result<()> {
     Ok(())
 }
 
+/// Unmaps the region rcr left in `pid`. With `start` 0 rcr died inside the
+/// guarded mmap, maybe before the target ran it: the target then runs it
+/// once it is let go (by the first pass at the latest), so a second pass
+/// looks again.
+fn remove_region(pid: i32, start: u64, len: u64) -> Result<()> {
+    remove_region_once(pid, start, len)?;
+    if start == 0 {
+        std::thread::sleep(Duration::from_millis(20));
+        remove_region_once(pid, start, len)?;
+    }
+    Ok(())
+}
+
 /// Seizes `pid` once rcr's tracing is gone and the parasite has returned
 /// (its code is no longer running in the region), and unmaps the region.
-fn remove_region(pid: i32, start: u64, len: u64) -> Result<()> {
+fn remove_region_once(pid: i32, start: u64, len: u64) -> Result<()> {
     let deadline = Instant::now() + Duration::from_secs(10);
     loop {
         if crate::infect::dead(pid) {

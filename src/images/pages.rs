@@ -45,16 +45,22 @@ impl PageFile {
     }
 
     fn record(&mut self, vaddr: u64, len: u64) -> u64 {
-        let n = len / PAGE_SIZE;
-        match self.entries.last_mut() {
-            Some(last) if last.vaddr + u64::from(last.nr_pages) * PAGE_SIZE == vaddr && u64::from(last.nr_pages) + n <= u32::MAX as u64 => {
-                last.nr_pages += n as u32;
-            }
-            _ => self.entries.push(PagemapEntry { vaddr, nr_pages: n as u32, flags: PageFlags::PagePresent as u32 }),
-        }
+        record(&mut self.entries, vaddr, len);
         let at = self.pos;
         self.pos += len;
         at
+    }
+}
+
+/// Adds `len` bytes of pages at `vaddr` to the pagemap `entries`,
+/// extending the last run when they follow it.
+pub(super) fn record(entries: &mut Vec<PagemapEntry>, vaddr: u64, len: u64) {
+    let n = len / PAGE_SIZE;
+    match entries.last_mut() {
+        Some(last) if last.vaddr + u64::from(last.nr_pages) * PAGE_SIZE == vaddr && u64::from(last.nr_pages) + n <= u32::MAX as u64 => {
+            last.nr_pages += n as u32;
+        }
+        _ => entries.push(PagemapEntry { vaddr, nr_pages: n as u32, flags: PageFlags::PagePresent as u32 }),
     }
 }
 

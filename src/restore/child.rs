@@ -29,7 +29,7 @@ use anyhow::{bail, Context, Result};
 use std::collections::HashMap;
 use std::convert::Infallible;
 use std::io::{Read, Write};
-use std::os::fd::{FromRawFd, IntoRawFd, RawFd};
+use std::os::fd::{AsRawFd, FromRawFd, IntoRawFd, RawFd};
 
 /// rax at a barrier's `int3` (the blob's report has 0 or -errno there).
 pub const BARRIER_MAGIC: u64 = 0x7263_725f_6261_7272;
@@ -152,6 +152,7 @@ fn prepare(l: &Loaded, files: &FileTable, fd_images: &files::fds::Images, region
     files::fs::restore(&l.fs)?;
     let mut keep = inherited.fds();
     keep.push(sync.err_write);
+    keep.extend(l.pages_mem.as_ref().map(|m| m.as_raw_fd()));
     crate::sys::close_all_except(&keep)?;
     files::fds::place(&l.fds, &inherited.descs)?;
     files::fds::after_fds(l.core.pid as i32, &l.fds, fd_images)?;
@@ -214,10 +215,15 @@ fn open_mapping_fds(l: &Loaded, files: &FileTable, region: &mut Region, inherite
         let f = files.get(id).with_context(|| format!("file id {id}"))?;
         files::reg::open(f, f.flags).with_context(|| format!("mapping {}", f.path))
     })?;
-    let pages = std::fs::File::open(&l.pages_path).with_context(|| format!("opening {}", l.pages_path.display()))?;
+    // A compressed image: the memfd rcr decompressed it into (this child's
+    // copy, kept open above the process's fds; the blob closes it).
+    let pages = match &l.pages_mem {
+        Some(mem) => mem.as_raw_fd(),
+        None => std::fs::File::open(&l.pages_path).with_context(|| format!("opening {}", l.pages_path.display()))?.into_raw_fd(),
+    };
     let exe = files.get(l.plan.exe_file_id).context("exe file")?;
     let exe_fd = files::reg::open(exe, libc::O_RDONLY as u32).with_context(|| format!("exe {}", exe.path))?;
-    region.set_fds(pages.into_raw_fd(), exe_fd);
+    region.set_fds(pages, exe_fd);
     Ok(())
 }
 

@@ -67,7 +67,12 @@ pub struct Loaded {
     pub mm: pb::Mm,
     pub fds: Vec<pb::FdEntry>,
     pub fs: pb::Fs,
+    /// pages-PID.img, or pages-PID.img.zst when compressed.
     pub pages_path: PathBuf,
+    /// The decompressed pages of a compressed image (a memfd holding what
+    /// pages-PID.img would), at an fd number above all of the process's;
+    /// rcr closes its copy once the tree runs.
+    pub pages_mem: Option<std::os::fd::OwnedFd>,
     pub plan: Plan,
 }
 
@@ -182,6 +187,9 @@ pub fn run(o: &Options) -> Result<i32> {
         }
         job
     };
+    for l in tree.procs.iter_mut().filter_map(|p| p.live.as_mut()) {
+        l.pages_mem = None; // the restored processes hold their own copies until their blobs close them
+    }
     write_stats(o, &tree);
     finish(o, tree.procs[0].pid(), job.as_ref())
 }
@@ -277,13 +285,17 @@ fn load(path: &std::path::Path) -> Result<Tree> {
         None => bail!("pstree.img: no processes"),
     }
     let kins = crate::tree::plan(&entries)?;
+    let zstd = match pb::PagesCompression::try_from(inv.pages_compression) {
+        Ok(c) => c == pb::PagesCompression::PagesZstd,
+        Err(_) => bail!("inventory.img: pages_compression {} is not one this rcr reads", inv.pages_compression),
+    };
     let files = FileTable::from_images(dir.read_all(Kind::Files, None)?);
     let fd_images = crate::files::fds::Images::load(&dir)?;
     let self_maps = proc::maps(std::process::id() as i32)?;
     let index: HashMap<u32, usize> = entries.iter().enumerate().map(|(i, e)| (e.pid, i)).collect();
     let mut procs = Vec::with_capacity(entries.len());
     for (entry, kin) in entries.iter().zip(kins) {
-        procs.push(load_process(&dir, entry.clone(), kin, &files, &self_maps)?);
+        procs.push(load_process(&dir, entry.clone(), kin, &files, &self_maps, zstd)?);
     }
     for (i, e) in entries.iter().enumerate().skip(1) {
         let parent = index[&e.ppid];
@@ -295,7 +307,7 @@ fn load(path: &std::path::Path) -> Result<Tree> {
     Ok(Tree { procs, files, fd_images, net_lock: inv.network_lock })
 }
 
-fn load_process(dir: &ImageDir, entry: pb::PstreeEntry, kin: Kin, files: &FileTable, self_maps: &[proc::MapEntry]) -> Result<Proc> {
+fn load_process(dir: &ImageDir, entry: pb::PstreeEntry, kin: Kin, files: &FileTable, self_maps: &[proc::MapEntry], zstd: bool) -> Result<Proc> {
     let pid = Some(entry.pid);
     let core: pb::TaskCore = dir.read_one(Kind::Core, pid)?;
     if core.pid != entry.pid {
@@ -317,12 +329,20 @@ fn load_process(dir: &ImageDir, entry: pb::PstreeEntry, kin: Kin, files: &FileTa
     }
     let mm: pb::Mm = dir.read_one(Kind::Mm, pid)?;
     let pagemap: Vec<pb::PagemapEntry> = dir.read_all(Kind::Pagemap, pid)?;
-    let fds = dir.read_all(Kind::Fdinfo, pid)?;
+    let fds: Vec<pb::FdEntry> = dir.read_all(Kind::Fdinfo, pid)?;
     let fs = dir.read_one(Kind::Fs, pid)?;
-    let pages_path = dir.file(Kind::Pages, pid);
-    check_pages_file(&pages_path, &pagemap)?;
     let plan = crate::mm::restore::plan(&mm, &pagemap, files, self_maps).with_context(|| format!("pid {}", p.entry.pid))?;
-    p.live = Some(Box::new(Loaded { core, mm, fds, fs, pages_path, plan }));
+    let (pages_path, pages_mem) = if zstd {
+        let path = crate::images::compress::path(dir, p.entry.pid);
+        let mem = unpack_pages(&path, &pagemap, &fds)?;
+        (path, Some(mem))
+    } else {
+        let path = dir.file(Kind::Pages, pid);
+        let f = std::fs::File::open(&path).with_context(|| format!("opening {}", path.display()))?;
+        check_pages_file(&f, &path, &pagemap)?;
+        (path, None)
+    };
+    p.live = Some(Box::new(Loaded { core, mm, fds, fs, pages_path, pages_mem, plan }));
     Ok(p)
 }
 
@@ -398,19 +418,39 @@ fn fork_root(tree: &Tree, regions: &mut [Option<Region>], inherited: &Inherited)
     Ok((tracee, std::fs::File::from(err_r)))
 }
 
-fn check_pages_file(path: &std::path::Path, pagemap: &[pb::PagemapEntry]) -> Result<()> {
-    use std::io::Read;
-    let mut f = std::fs::File::open(path).with_context(|| format!("opening {}", path.display()))?;
-    let mut h = [0u8; 8];
-    f.read_exact(&mut h).with_context(|| format!("{}: truncated header", path.display()))?;
-    crate::images::check_header(path, h, Some(Kind::Pages))?;
+/// Bytes of the pages file `pagemap` describes.
+fn pages_file_len(pagemap: &[pb::PagemapEntry]) -> u64 {
     let pages: u64 = pagemap.iter().map(|p| u64::from(p.nr_pages)).sum();
-    let need = crate::images::PAGES_DATA_OFFSET + pages * crate::images::PAGE_SIZE;
+    crate::images::PAGES_DATA_OFFSET + pages * crate::images::PAGE_SIZE
+}
+
+/// Checks the header and size of the pages file `f` (`path` in errors;
+/// for a compressed image, the memfd decompressed from it).
+fn check_pages_file(f: &std::fs::File, path: &std::path::Path, pagemap: &[pb::PagemapEntry]) -> Result<()> {
+    use std::os::unix::fs::FileExt;
+    let mut h = [0u8; 8];
+    f.read_exact_at(&mut h, 0).with_context(|| format!("{}: truncated header", path.display()))?;
+    crate::images::check_header(path, h, Some(Kind::Pages))?;
+    let need = pages_file_len(pagemap);
     let have = f.metadata()?.len();
     if have != need {
         bail!("{}: {} bytes, but the pagemap describes {}", path.display(), have, need);
     }
     Ok(())
+}
+
+/// Decompresses pages-PID.img.zst (`path`) into a memfd for the restorer
+/// blob, placed above every fd number the process will have.
+fn unpack_pages(path: &std::path::Path, pagemap: &[pb::PagemapEntry], fds: &[pb::FdEntry]) -> Result<std::os::fd::OwnedFd> {
+    let t = std::time::Instant::now();
+    let name = path.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
+    let mem = crate::images::compress::unpack(path, pages_file_len(pagemap), &name)?;
+    check_pages_file(&mem, path, pagemap)?;
+    let len = mem.metadata().map(|m| m.len()).unwrap_or(0);
+    crate::log::info(&format!("{}: {:.1} MiB of pages decompressed in {} ms", path.display(), len as f64 / (1 << 20) as f64, t.elapsed().as_millis()));
+    let min = 1 + fds.iter().map(|f| f.fd as RawFd).max().unwrap_or(2).max(2);
+    let fd = crate::sys::move_above(mem.into(), min).with_context(|| format!("moving the decompressed {} above fd {min}", path.display()))?;
+    Ok(crate::sys::own(fd))
 }
 
 /// Size of the XSAVE area this CPU uses for the enabled features

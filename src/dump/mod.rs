@@ -366,7 +366,7 @@ fn write_pages(t: &Tracee, p: &mut Parasite, dir: &ImageDir, c: &Collected, via:
             &mut through_parasite
         }
     };
-    let how = source.describe();
+    let how = if compress.is_some() { "process_vm_readv into zstd" } else { source.describe() };
     mm::dump::dump_pages(t.pid(), &c.mm.vmas, source, sink.as_mut())?;
     let pagemap = sink.finish()?;
     let saved: u64 = pagemap.iter().map(|e| u64::from(e.nr_pages)).sum();

@@ -360,3 +360,48 @@ pub fn summary(path: &Path) -> Result<(u64, u64, usize)> {
     let size = f.metadata().with_context(|| format!("{}: stat", path.display()))?.len();
     Ok((size, frames.iter().map(|fr| u64::from(fr.raw_len)).sum(), frames.len()))
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Pages of text and of noise, some runs spanning frames, through the
+    /// sink and back: the memfd holds exactly the plain pages file.
+    #[test]
+    fn round_trip() {
+        let base = std::env::temp_dir().join(format!("rcr-zstd-unit-{}", std::process::id()));
+        let dir = ImageDir::create(&base).expect("temp image dir");
+        let mut sink = Box::new(ZstdPageFile::create(&dir, 7, DEFAULT_LEVEL).expect("sink"));
+        let mut want = pages_header();
+        let mut x = 0x1234_5678_9abc_def1u64;
+        for (i, pages) in [3usize, 1100, 1, 2050].into_iter().enumerate() {
+            let mut data = vec![0u8; pages * 4096];
+            for (k, w) in data.chunks_exact_mut(8).enumerate() {
+                x ^= x << 13;
+                x ^= x >> 7;
+                x ^= x << 17;
+                w.copy_from_slice(&if i % 2 == 0 { x.to_le_bytes() } else { *b"words   " }.map(|b| b ^ (k % 3) as u8));
+            }
+            sink.put((i as u64 + 1) << 32, &data).expect("put");
+            want.extend_from_slice(&data);
+        }
+        let entries = sink.finish().expect("finish");
+        assert_eq!(entries.len(), 4);
+        let p = path(&dir, 7);
+        let (size, raw, frames) = summary(&p).expect("summary");
+        assert_eq!((raw, frames), (want.len() as u64, want.len().div_ceil(FRAME)));
+        assert!(size < raw, "{size} compressed bytes for {raw}");
+        let mem = unpack(&p, want.len() as u64, "unit").expect("unpack");
+        let mut got = vec![0u8; want.len()];
+        mem.read_exact_at(&mut got, 0).expect("read memfd");
+        assert!(got == want, "decompressed pages differ");
+        assert!(unpack(&p, want.len() as u64 + 4096, "unit").is_err(), "a size the pagemap does not describe must be refused");
+        let mut bad = std::fs::read(&p).expect("read");
+        let n = bad.len();
+        bad[n - 1] ^= 1;
+        std::fs::write(&p, &bad).expect("write");
+        let e = format!("{:#}", unpack(&p, want.len() as u64, "unit").expect_err("a broken seek table must be refused"));
+        assert!(e.contains("pages-7.img.zst") && e.contains("seek table"), "{e}");
+        let _ = std::fs::remove_dir_all(&base);
+    }
+}

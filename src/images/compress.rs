@@ -302,16 +302,29 @@ pub fn read_table(f: &File, path: &Path) -> Result<Vec<Frame>> {
     Ok(frames)
 }
 
-/// Decompresses `path` into a new memfd (named `name`) that must come out
-/// `want` bytes long: the contents of the plain pages file, which the
-/// restorer blob reads like it. Every core decompresses frames.
-pub fn unpack(path: &Path, want: u64, name: &str) -> Result<File> {
+/// Opens `path` and reads its seek table, which must describe `want`
+/// bytes of uncompressed pages file.
+fn open_checked(path: &Path, want: u64) -> Result<(File, Vec<Frame>)> {
     let f = File::open(path).with_context(|| format!("opening {}", path.display()))?;
     let frames = read_table(&f, path)?;
     let raw = frames.last().map_or(0, |fr| fr.raw_off + u64::from(fr.raw_len));
     if raw != want {
         bail!("{}: decompresses to {raw} bytes, but the pagemap describes {want}", path.display());
     }
+    Ok((f, frames))
+}
+
+/// Checks, from its seek table, that `path` decompresses to `want` bytes
+/// (restore does it while loading the images, before decompressing).
+pub fn check_size(path: &Path, want: u64) -> Result<()> {
+    open_checked(path, want).map(|_| ())
+}
+
+/// Decompresses `path` into a new memfd (named `name`) that must come out
+/// `want` bytes long: the contents of the plain pages file, which the
+/// restorer blob reads like it. Every core decompresses frames.
+pub fn unpack(path: &Path, want: u64, name: &str) -> Result<File> {
+    let (f, frames) = open_checked(path, want)?;
     use nix::sys::memfd::{memfd_create, MFdFlags};
     let mem = File::from(memfd_create(name, MFdFlags::MFD_CLOEXEC).context("memfd_create for the decompressed pages")?);
     mem.set_len(want).with_context(|| format!("sizing the memfd for {} to {want} bytes", path.display()))?;

@@ -69,9 +69,12 @@ pub struct Loaded {
     pub fs: pb::Fs,
     /// pages-PID.img, or pages-PID.img.zst when compressed.
     pub pages_path: PathBuf,
+    /// The pagemap, kept for [`unpack_all`] when the pages are compressed.
+    pub pagemap: Vec<pb::PagemapEntry>,
     /// The decompressed pages of a compressed image (a memfd holding what
-    /// pages-PID.img would), at an fd number above all of the process's;
-    /// rcr closes its copy once the tree runs.
+    /// pages-PID.img would, made by [`unpack_all`] once the images are
+    /// valid), at an fd number above all of the process's; rcr closes its
+    /// copy once the tree runs.
     pub pages_mem: Option<std::os::fd::OwnedFd>,
     pub plan: Plan,
 }
@@ -176,7 +179,7 @@ pub fn run(o: &Options) -> Result<i32> {
     tree.fd_images.shell_job = o.shell_job;
     tree.fd_images.tcp_established = o.tcp_established;
     let lock = tree.net_lock.clone();
-    let r = validate(&tree).and_then(|()| restore_job(&tree));
+    let r = validate(&tree).and_then(|()| unpack_all(&mut tree)).and_then(|()| restore_job(&tree));
     let job = if lock.is_empty() {
         r?
     } else {
@@ -332,17 +335,17 @@ fn load_process(dir: &ImageDir, entry: pb::PstreeEntry, kin: Kin, files: &FileTa
     let fds: Vec<pb::FdEntry> = dir.read_all(Kind::Fdinfo, pid)?;
     let fs = dir.read_one(Kind::Fs, pid)?;
     let plan = crate::mm::restore::plan(&mm, &pagemap, files, self_maps).with_context(|| format!("pid {}", p.entry.pid))?;
-    let (pages_path, pages_mem) = if zstd {
+    let pages_path = if zstd {
         let path = crate::images::compress::path(dir, p.entry.pid);
-        let mem = unpack_pages(&path, &pagemap, &fds)?;
-        (path, Some(mem))
+        crate::images::compress::check_size(&path, pages_file_len(&pagemap))?;
+        path
     } else {
         let path = dir.file(Kind::Pages, pid);
         let f = std::fs::File::open(&path).with_context(|| format!("opening {}", path.display()))?;
         check_pages_file(&f, &path, &pagemap)?;
-        (path, None)
+        path
     };
-    p.live = Some(Box::new(Loaded { core, mm, fds, fs, pages_path, pages_mem, plan }));
+    p.live = Some(Box::new(Loaded { core, mm, fds, fs, pages_path, pagemap, pages_mem: None, plan }));
     Ok(p)
 }
 
@@ -435,6 +438,19 @@ fn check_pages_file(f: &std::fs::File, path: &std::path::Path, pagemap: &[pb::Pa
     let have = f.metadata()?.len();
     if have != need {
         bail!("{}: {} bytes, but the pagemap describes {}", path.display(), have, need);
+    }
+    Ok(())
+}
+
+/// Decompresses the pages of every live process whose images are
+/// compressed (their seek tables were checked by [`load`]): the step
+/// between validating the images and creating anything.
+fn unpack_all(tree: &mut Tree) -> Result<()> {
+    let _t = crate::stats::timer(crate::stats::Phase::Load);
+    for l in tree.procs.iter_mut().filter_map(|p| p.live.as_mut()) {
+        if l.pages_path.extension().is_some_and(|e| e == "zst") {
+            l.pages_mem = Some(unpack_pages(&l.pages_path, &l.pagemap, &l.fds)?);
+        }
     }
     Ok(())
 }

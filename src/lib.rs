@@ -26,7 +26,8 @@
 //!   pass fds) and rt_sigreturns into the saved state when rcr closes the
 //!   socket, or when rcr dies.
 //! * [`images`] is the on-disk format: framing, the generated protobuf
-//!   types ([`images::pb`], from `proto/rcr.proto`), the pages file.
+//!   types ([`images::pb`], from `proto/rcr.proto`), the pages file, and
+//!   its zstd-compressed form ([`images::compress`], `dump --compress`).
 //!   `images-format.md` specifies it for outside readers.
 //! * One module per kind of resource, each with its dump and restore side
 //!   by side: [`mm`] (VMAs, pages, mm fields, vDSO), [`files`] (fds and

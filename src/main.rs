@@ -55,6 +55,13 @@ enum Cmd {
         /// dump until the restore (network lock).
         #[arg(long = "tcp-established")]
         tcp_established: bool,
+        /// Compress the pages with zstd (off by default) at LEVEL (1-19;
+        /// 1 if not given) into pages-PID.img.zst, on every core; rcr then
+        /// reads the pages itself (process_vm_readv). Restore decompresses
+        /// them without being asked.
+        #[arg(long = "compress", value_name = "LEVEL", num_args = 0..=1, require_equals = true, default_missing_value = "1",
+              value_parser = clap::value_parser!(i32).range(1..=19))]
+        compress: Option<i32>,
     },
     /// Restore a process from an image directory.
     Restore {
@@ -101,8 +108,8 @@ fn main() {
         std::process::exit(1);
     }
     let result = match cli.cmd {
-        Cmd::Dump { pid, dir, leave_running, pages_via, scope, ext_unix_sk, ghost_limit, shell_job, tcp_established } => {
-            let o = rcr::dump::Options { pid, dir, leave_running, pages_via, scope, ext_unix_sk, ghost_limit, shell_job, tcp_established };
+        Cmd::Dump { pid, dir, leave_running, pages_via, scope, ext_unix_sk, ghost_limit, shell_job, tcp_established, compress } => {
+            let o = rcr::dump::Options { pid, dir, leave_running, pages_via, scope, ext_unix_sk, ghost_limit, shell_job, tcp_established, compress };
             rcr::dump::run(&o).map(|()| 0)
         }
         Cmd::Restore { dir, detached, pidfile, ext_unix_sk, shell_job, tcp_established } => {

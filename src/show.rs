@@ -11,6 +11,8 @@
 //! ```
 //!
 //! A pages file has no entries; its JSON object carries `"pages": {"nr_pages", "size"}`.
+//! A compressed one (`pages-PID.img.zst`, known by its name) also carries
+//! `"zstd": {"compressed_size", "frames"}`, from its seek table.
 use crate::images::{self, pb, Kind, PAGE_SIZE};
 use anyhow::{bail, Context, Result};
 use serde::Serialize;
@@ -40,7 +42,7 @@ fn list_images(dir: &Path) -> Result<Vec<String>> {
     let mut names = Vec::new();
     for ent in rd {
         let ent = ent.with_context(|| format!("reading image directory {}", dir.display()))?;
-        if let Some(n) = ent.file_name().to_str().filter(|n| n.ends_with(".img")) {
+        if let Some(n) = ent.file_name().to_str().filter(|n| n.ends_with(".img") || n.ends_with(".img.zst")) {
             names.push(n.to_string());
         }
     }
@@ -53,7 +55,7 @@ fn list_images(dir: &Path) -> Result<Vec<String>> {
 
 /// Sort key of a file name: (group, pid, kind rank, name).
 fn order_key(name: &str) -> (u8, u32, usize, String) {
-    let stem = name.trim_end_matches(".img");
+    let stem = name.trim_end_matches(".zst").trim_end_matches(".img");
     let key = |group, pid, rank| (group, pid, rank, name.to_string());
     match stem {
         "inventory" => return key(0, 0, 0),
@@ -97,10 +99,25 @@ enum Body {
 struct PagesSummary {
     nr_pages: u64,
     size: u64,
+    /// A compressed pages file (pages-PID.img.zst): `size` is what it
+    /// decompresses to.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    zstd: Option<ZstdSummary>,
+}
+
+#[derive(Debug, Serialize)]
+struct ZstdSummary {
+    compressed_size: u64,
+    frames: usize,
 }
 
 /// Reads `path`, identifies it by its magic and decodes it.
 fn load(path: &Path) -> Result<(Kind, Body)> {
+    if path.extension().is_some_and(|e| e == "zst") {
+        let (compressed_size, size, frames) = images::compress::summary(path)?;
+        let zstd = Some(ZstdSummary { compressed_size, frames });
+        return Ok((Kind::Pages, Body::Pages(PagesSummary { nr_pages: (size / PAGE_SIZE).saturating_sub(1), size, zstd })));
+    }
     let mut h = [0u8; 8];
     let mut f = images::open_no_symlink(path)?;
     f.read_exact(&mut h).with_context(|| format!("{}: truncated header", path.display()))?;
@@ -144,7 +161,7 @@ fn pages_summary(path: &Path, mut f: std::fs::File) -> Result<PagesSummary> {
     if let Some(off) = pad.iter().position(|b| *b != 0) {
         bail!("{}: header page padding is not zero at offset {}", path.display(), off + 8);
     }
-    Ok(PagesSummary { nr_pages: size / PAGE_SIZE - 1, size })
+    Ok(PagesSummary { nr_pages: size / PAGE_SIZE - 1, size, zstd: None })
 }
 
 // ---------------------------------------------------------------------------
@@ -277,7 +294,8 @@ fn fmt_inventory(o: &mut String, e: &pb::Inventory) -> fmt::Result {
     writeln!(o, "      dumped {} on kernel {}", utc(e.dump_time_ms), e.kernel_release)?;
     writeln!(o, "      page_size {}  xsave_size {}  xcr0 {:#x}", e.page_size, e.xsave_size, e.xcr0)?;
     let parent = if e.parent.is_empty() { "(none)" } else { e.parent.as_str() };
-    writeln!(o, "      parent {parent}")
+    let pages = pb::PagesCompression::try_from(e.pages_compression).map_or("unknown", |c| c.as_str_name());
+    writeln!(o, "      parent {parent}  pages {pages}")
 }
 
 fn fmt_pstree(o: &mut String, e: &pb::PstreeEntry) -> fmt::Result {
@@ -517,7 +535,14 @@ fn fmt_pagemap(o: &mut String, name: &str, v: &[pb::PagemapEntry]) -> fmt::Resul
 }
 
 fn fmt_pages(o: &mut String, name: &str, s: &PagesSummary) -> fmt::Result {
-    writeln!(o, "\n== {name}: Pages, header ok, {} pages, {} bytes", s.nr_pages, s.size)
+    match &s.zstd {
+        None => writeln!(o, "\n== {name}: Pages, header ok, {} pages, {} bytes", s.nr_pages, s.size),
+        Some(z) => {
+            let pct = 100.0 * z.compressed_size as f64 / s.size.max(1) as f64;
+            let (n, size, zs, f) = (s.nr_pages, s.size, z.compressed_size, z.frames);
+            writeln!(o, "\n== {name}: Pages, zstd seekable, {n} pages, {size} bytes compressed to {zs} ({pct:.1}%) in {f} frames")
+        }
+    }
 }
 
 fn fmt_regfile(o: &mut String, f: &pb::RegFile) -> fmt::Result {

@@ -6,6 +6,9 @@
  *   victim sparse GIB MIB     a GIB GiB mapping (MAP_NORESERVE) with MIB MiB
  *                             touched, 1 MiB every GIB*1024/MIB MiB, as above
  *   victim zero MIB           MIB MiB written with zeros (touched, real pages)
+ *   victim text MIB           MIB MiB of text-like memory (words of a small
+ *                             vocabulary, each page its own sequence):
+ *                             compressible, for dump --compress
  *   victim vmas N             N one-page mappings that cannot merge, each
  *                             written with its index
  *   victim fds N              N fds of its own binary, opened one by one,
@@ -53,6 +56,22 @@ static long check(const uint64_t *p, size_t len, uint64_t base) {
     return -1;
 }
 
+/* Text-like bytes for page number `pg`: words picked by an LCG seeded
+ * with the page number, separated by spaces and newlines. */
+static void text_page(char *p, uint64_t pg) {
+    static const char *const words[] = {"the", "process", "memory", "page", "restore", "checkpoint", "kernel",
+        "file", "dump", "thread", "signal", "mapping", "zero", "data", "linux", "image", "and", "of", "to",
+        "in", "is", "a", "for", "with", "that", "on", "frozen", "socket", "pipe", "parasite"};
+    uint64_t x = pg * 0x9e3779b97f4a7c15ull + 1;
+    size_t i = 0;
+    unsigned col = 0;
+    while (i < 4096) {
+        x = x * 6364136223846793005ull + 1442695040888963407ull;
+        for (const char *w = words[(x >> 33) % (sizeof words / sizeof *words)]; *w && i < 4096; w++) p[i++] = *w;
+        if (i < 4096) p[i++] = ++col % 12 ? ' ' : '\n';
+    }
+}
+
 static char *anon(size_t len, int flags) {
     char *p = mmap(NULL, len, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS | flags, -1, 0);
     if (p == MAP_FAILED) die("mmap");
@@ -82,6 +101,10 @@ static void setup(const char *self) {
         len = n << 20;
         mem = anon(len, 0);
         for (size_t off = 0; off < len; off += 4096) memset(mem + off, 0, 4096);
+    } else if (!strcmp(mode, "text")) {
+        len = n << 20;
+        mem = anon(len, 0);
+        for (size_t off = 0; off < len; off += 4096) text_page(mem + off, off / 4096);
     } else if (!strcmp(mode, "vmas")) {
         maps = calloc(n, sizeof *maps);
         for (size_t i = 0; i < n; i++) {
@@ -124,6 +147,15 @@ static const char *verify(void) {
                 return why;
             }
         }
+    } else if (!strcmp(mode, "text")) {
+        char want[4096];
+        for (size_t off = 0; off < len; off += 4096) {
+            text_page(want, off / 4096);
+            if (memcmp(want, mem + off, 4096)) {
+                snprintf(why, sizeof why, "text memory differs in the page at offset %zu", off);
+                return why;
+            }
+        }
     } else if (!strcmp(mode, "zero")) {
         for (size_t off = 0; off < len; off += 8)
             if (*(uint64_t *)(mem + off)) {
@@ -148,7 +180,7 @@ static const char *verify(void) {
 
 int main(int argc, char **argv) {
     if (argc < 2) {
-        fprintf(stderr, "usage: %s dense MIB | sparse GIB MIB | zero MIB | vmas N | fds N | tiny\n", argv[0]);
+        fprintf(stderr, "usage: %s dense MIB | sparse GIB MIB | zero MIB | text MIB | vmas N | fds N | tiny\n", argv[0]);
         return 2;
     }
     mode = argv[1];

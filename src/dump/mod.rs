@@ -26,6 +26,7 @@
 //! [`watchdog`] undoes what it left inside the tree.
 use crate::arch::cur as arch;
 use crate::files::{self, fds::DumpCx, inet::NetLock};
+use crate::images::compress;
 use crate::images::pages::{PageFile, PageSink};
 use crate::images::{pb, ImageDir, Kind, FORMAT_VERSION, PAGE_SIZE};
 use crate::infect::parasite::{self, Parasite};
@@ -56,6 +57,9 @@ pub struct Options {
     pub shell_job: bool,
     /// `--tcp-established`: carry established TCP connections.
     pub tcp_established: bool,
+    /// `--compress[=LEVEL]`: zstd level for pages-PID.img.zst; `None`
+    /// writes plain pages-PID.img.
+    pub compress: Option<i32>,
 }
 
 /// How pages leave the target (`--pages-via`).
@@ -81,6 +85,9 @@ struct Collected {
 
 pub fn run(o: &Options) -> Result<()> {
     preflight(o.pid)?;
+    if o.compress.is_some() && o.pages_via == PagesVia::Splice {
+        bail!("--compress reads the pages with process_vm_readv (the parasite cannot compress); it does not go with --pages-via splice");
+    }
     if o.tcp_established {
         files::inet::check_nft()?;
     }
@@ -156,14 +163,14 @@ fn dump_tree(frozen: &Frozen, dir: &ImageDir, o: &Options) -> Result<Option<NetL
                 fault::point("zombie written")?;
             }
             State::Alive | State::Stopped => {
-                xsave_size = dump_process(p, p.pid == o.pid, dir, &mut shared, o.pages_via)?;
+                xsave_size = dump_process(p, p.pid == o.pid, dir, &mut shared, o)?;
             }
         }
     }
     let pids: Vec<i32> = frozen.procs.iter().map(|p| p.pid).collect();
     stats::time(Phase::Fds, || files::fds::finish(&mut shared, &pids))?;
     fault::point("shared files described")?;
-    stats::time(Phase::Images, || write_tree_images(dir, o.pid, &pstree, &shared, xsave_size))?;
+    stats::time(Phase::Images, || write_tree_images(dir, o, &pstree, &shared, xsave_size))?;
     Ok(shared.inet.lock.take())
 }
 
@@ -172,6 +179,7 @@ fn remove_images(dir: &ImageDir, pid: u32) {
     for kind in Kind::ALL {
         let _ = dir.remove_file(&ImageDir::name(kind, Some(pid)));
     }
+    let _ = dir.remove_file(&compress::name(pid));
 }
 
 /// Refuses what this version cannot carry, naming the reason.
@@ -192,7 +200,7 @@ fn preflight(pid: i32) -> Result<()> {
 }
 
 /// Dumps one live process of the frozen tree; returns its XSAVE size.
-fn dump_process(p: &Process, is_root: bool, dir: &ImageDir, shared: &mut DumpCx, via: PagesVia) -> Result<usize> {
+fn dump_process(p: &Process, is_root: bool, dir: &ImageDir, shared: &mut DumpCx, o: &Options) -> Result<usize> {
     let leader = p.leader().context("a live process without threads")?;
     let pid = p.pid;
     let step = |what: &str| fault::point(&format!("pid {pid}: {what}"));
@@ -207,7 +215,7 @@ fn dump_process(p: &Process, is_root: bool, dir: &ImageDir, shared: &mut DumpCx,
         c.core.state = pb::TaskState::Stopped as i32;
     }
     step("threads and timers collected")?;
-    let pagemap = stats::time(Phase::Memory, || write_pages(leader, &mut parasite, dir, &c, via))?;
+    let pagemap = stats::time(Phase::Memory, || write_pages(leader, &mut parasite, dir, &c, o.pages_via, o.compress))?;
     step("pages written")?;
     stats::time(Phase::Infect, || parasite.cure())?;
     step("cured")?;
@@ -364,13 +372,23 @@ fn pending_signals(t: &Tracee, with_shared: bool) -> Result<Vec<pb::PendingSigna
     Ok(out)
 }
 
-fn write_pages(t: &Tracee, p: &mut Parasite, dir: &ImageDir, c: &Collected, via: PagesVia) -> Result<Vec<pb::PagemapEntry>> {
-    let mut sink = Box::new(PageFile::create(dir, t.pid() as u32)?);
+/// Pages go to pages-PID.img, or compressed (`compress`, a zstd level) to
+/// pages-PID.img.zst: then rcr reads them (readv), as only it compresses.
+fn write_pages(t: &Tracee, p: &mut Parasite, dir: &ImageDir, c: &Collected, via: PagesVia, compress: Option<i32>) -> Result<Vec<pb::PagemapEntry>> {
+    let pid = t.pid() as u32;
+    let mut sink: Box<dyn PageSink> = match compress {
+        Some(level) => Box::new(compress::ZstdPageFile::create(dir, pid, level)?),
+        None => {
+            dir.remove_file(&compress::name(pid))?;
+            Box::new(PageFile::create(dir, pid)?)
+        }
+    };
     let mut readv = ReadvSource { pid: t.pid() };
     let mut through_parasite = None;
     let pid = t.pid();
     let source: &mut dyn PageSource = match via {
         PagesVia::Readv => &mut readv,
+        _ if compress.is_some() => &mut readv,
         PagesVia::Write => {
             let source = through_parasite.insert(ParasiteSource::new(p, ParasiteVia::Write));
             if !under_seccomp(pid)? {
@@ -381,7 +399,7 @@ fn write_pages(t: &Tracee, p: &mut Parasite, dir: &ImageDir, c: &Collected, via:
         }
         PagesVia::Splice => through_parasite.insert(ParasiteSource::new(p, ParasiteVia::Splice)),
     };
-    let how = source.describe();
+    let how = if compress.is_some() { "process_vm_readv into zstd" } else { source.describe() };
     let file = || format!("pid {}: saving its memory into {} (and its .1 part)", t.pid(), dir.file(Kind::Pages, Some(t.pid() as u32)).display());
     mm::dump::dump_pages(t.pid(), &c.mm.vmas, source, sink.as_mut()).with_context(file)?;
     // The second writer's pages file, if it wrote one: its runs merge into
@@ -421,7 +439,7 @@ fn write_images(pid: u32, dir: &ImageDir, c: &Collected, pagemap: &[pb::PagemapE
 
 /// The images of the tree as a whole; the inventory last, once every
 /// other file is on disk (and it too before the tree is killed).
-fn write_tree_images(dir: &ImageDir, root: i32, pstree: &[pb::PstreeEntry], shared: &DumpCx, xsave_size: usize) -> Result<()> {
+fn write_tree_images(dir: &ImageDir, o: &Options, pstree: &[pb::PstreeEntry], shared: &DumpCx, xsave_size: usize) -> Result<()> {
     files::fds::write_images(dir, shared)?;
     fault::point("file images written")?;
     dir.write_all(Kind::Pstree, None, pstree)?;
@@ -429,7 +447,7 @@ fn write_tree_images(dir: &ImageDir, root: i32, pstree: &[pb::PstreeEntry], shar
     fault::point("images synced")?;
     let inv = pb::Inventory {
         format_version: FORMAT_VERSION,
-        root_pid: root as u32,
+        root_pid: o.pid as u32,
         parent: String::new(),
         kernel_release: nix::sys::utsname::uname().map(|u| u.release().to_string_lossy().into_owned()).unwrap_or_default(),
         dump_time_ms: std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_millis() as u64).unwrap_or(0),
@@ -438,6 +456,7 @@ fn write_tree_images(dir: &ImageDir, root: i32, pstree: &[pb::PstreeEntry], shar
         xsave_size: xsave_size as u32,
         xcr0: arch::xcr0(),
         network_lock: shared.inet.lock.as_ref().and_then(NetLock::table).unwrap_or_default().to_string(),
+        pages_compression: if o.compress.is_some() { pb::PagesCompression::PagesZstd } else { pb::PagesCompression::PagesPlain } as i32,
     };
     dir.write_one(Kind::Inventory, None, &inv)?;
     dir.sync()

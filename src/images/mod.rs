@@ -18,6 +18,7 @@ pub mod pb {
     include!(concat!(env!("OUT_DIR"), "/rcr.images.rs"));
 }
 
+pub mod compress;
 pub mod pages;
 
 use anyhow::{bail, Context, Result};

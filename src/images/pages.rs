@@ -84,6 +84,18 @@ impl PageFile {
     }
 }
 
+/// Adds `len` bytes of pages at `vaddr` to the pagemap `entries`,
+/// extending the last run when they follow it.
+pub(super) fn record(entries: &mut Vec<PagemapEntry>, vaddr: u64, len: u64) {
+    let n = len / PAGE_SIZE;
+    match entries.last_mut() {
+        Some(last) if last.vaddr + u64::from(last.nr_pages) * PAGE_SIZE == vaddr && u64::from(last.nr_pages) + n <= u32::MAX as u64 => {
+            last.nr_pages += n as u32;
+        }
+        _ => entries.push(PagemapEntry { vaddr, nr_pages: n as u32, flags: PageFlags::PagePresent as u32, part: 0 }),
+    }
+}
+
 impl PageSink for PageFile {
     fn put(&mut self, vaddr: u64, data: &[u8]) -> Result<()> {
         let at = self.record(vaddr, data.len() as u64);

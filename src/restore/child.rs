@@ -157,6 +157,11 @@ fn prepare(l: &Loaded, tree_bound: Option<&crate::creds::trust::Bound>, files: &
         let opened = l.pages_dir.open_file(name)?;
         *fd = crate::sys::dup_above(opened.as_raw_fd(), max_fd + 1).with_context(|| format!("moving the fd of {name}"))?;
     }
+    // A compressed image: the memfd rcr decompressed it into (this child's
+    // copy, already above the process's fds; the blob closes it).
+    if let Some(mem) = &l.pages_mem {
+        pages[0] = mem.as_raw_fd();
+    }
     // The tree's own files are opened as the user an untrusted set is bounded by.
     let ids = tree_bound.map(|b| b.files_as()).transpose()?.flatten();
     files::fs::restore(&l.fs)?;

@@ -73,11 +73,21 @@ pub struct Loaded {
     pub mm: pb::Mm,
     pub fds: Vec<pb::FdEntry>,
     pub fs: pb::Fs,
-    /// The image directory and the names of this process's pages files in
-    /// it, by part (pages-PID.img, then pages-PID.1.img if any); the
-    /// restore child opens them relative to the directory.
+    /// The image directory and the names of this process's plain pages
+    /// files in it, by part (pages-PID.img, then pages-PID.1.img if any;
+    /// none when compressed); the restore child opens them relative to the
+    /// directory.
     pub pages_dir: ImageDir,
     pub pages_names: Vec<String>,
+    /// pages-PID.img.zst, when the pages are compressed.
+    pub pages_zst: Option<PathBuf>,
+    /// The pagemap, kept for [`unpack_all`] when the pages are compressed.
+    pub pagemap: Vec<pb::PagemapEntry>,
+    /// The decompressed pages of a compressed image (a memfd holding what
+    /// pages-PID.img would, made by [`unpack_all`] once the images are
+    /// valid), at an fd number above all of the process's; rcr closes its
+    /// copy once the tree runs.
+    pub pages_mem: Option<std::os::fd::OwnedFd>,
     pub plan: Plan,
 }
 
@@ -189,7 +199,7 @@ pub fn run(o: &Options) -> Result<i32> {
     tree.fd_images.shell_job = o.shell_job;
     tree.fd_images.tcp_established = o.tcp_established;
     let lock = tree.net_lock.clone();
-    let r = validate::environment(&tree).and_then(|()| restore_job(&tree));
+    let r = validate::environment(&tree).and_then(|()| unpack_all(&mut tree)).and_then(|()| restore_job(&tree));
     let job = if lock.is_empty() {
         r?
     } else {
@@ -200,6 +210,9 @@ pub fn run(o: &Options) -> Result<i32> {
         }
         job
     };
+    for l in tree.procs.iter_mut().filter_map(|p| p.live.as_mut()) {
+        l.pages_mem = None; // the restored processes hold their own copies until their blobs close them
+    }
     write_stats(o, &tree);
     finish(o, tree.procs[0].pid(), job.as_ref())
 }
@@ -313,6 +326,10 @@ fn load(path: &std::path::Path) -> Result<Tree> {
         Some(e) => bail!("pstree.img: the first process is {}, but inventory.img names root_pid {}", e.pid, inv.root_pid),
         None => bail!("pstree.img: no processes"),
     }
+    let zstd = match pb::PagesCompression::try_from(inv.pages_compression) {
+        Ok(c) => c == pb::PagesCompression::PagesZstd,
+        Err(_) => bail!("inventory.img: pages_compression {} is not one this rcr reads", inv.pages_compression),
+    };
     let files = FileTable::from_images(dir.read_all(Kind::Files, None)?);
     let fd_images = crate::files::fds::Images::load(&dir)?;
     validate::shared(&inv, &entries, &files, &fd_images, &limits)?;
@@ -320,7 +337,7 @@ fn load(path: &std::path::Path) -> Result<Tree> {
     let self_maps = proc::maps(std::process::id() as i32)?;
     let index: HashMap<u32, usize> = entries.iter().enumerate().map(|(i, e)| (e.pid, i)).collect();
     let mut procs = Vec::with_capacity(entries.len());
-    let cx = LoadCx { dir: &dir, files: &files, fd_images: &fd_images, self_maps: &self_maps, limits: &limits };
+    let cx = LoadCx { dir: &dir, files: &files, fd_images: &fd_images, self_maps: &self_maps, limits: &limits, zstd };
     for (entry, kin) in entries.iter().zip(kins) {
         procs.push(load_process(&cx, entry.clone(), kin)?);
     }
@@ -341,6 +358,8 @@ struct LoadCx<'a> {
     fd_images: &'a crate::files::fds::Images,
     self_maps: &'a [proc::MapEntry],
     limits: &'a validate::Limits,
+    /// The pages are compressed (`Inventory.pages_compression`).
+    zstd: bool,
 }
 
 fn load_process(cx: &LoadCx, entry: pb::PstreeEntry, kin: Kin) -> Result<Proc> {
@@ -367,9 +386,18 @@ fn load_process(cx: &LoadCx, entry: pb::PstreeEntry, kin: Kin) -> Result<Proc> {
     let fs: pb::Fs = dir.read_one(Kind::Fs, pid)?;
     let imgs = validate::ProcImages { pid: p.entry.pid, core: &core, mm: &mm, pagemap: &pagemap, fds: &fds, fs: &fs };
     validate::process(&imgs, cx.files, cx.fd_images, cx.limits)?;
-    let pages_names = validate::pages_files(dir, p.entry.pid, &pagemap)?;
+    let (pages_names, pages_zst) = if cx.zstd {
+        if let Some((i, e)) = pagemap.iter().enumerate().find(|(_, e)| e.part != 0) {
+            bail!("pagemap-{}.img: entry {i} (run at {:#x}): part {} in a compressed set (one pages file)", p.entry.pid, e.vaddr, e.part);
+        }
+        let path = crate::images::compress::path(dir, p.entry.pid);
+        crate::images::compress::check_size(&path, pages_file_len(&pagemap))?;
+        (Vec::new(), Some(path))
+    } else {
+        (validate::pages_files(dir, p.entry.pid, &pagemap)?, None)
+    };
     let plan = crate::mm::restore::plan(&mm, &pagemap, cx.files, cx.self_maps).with_context(|| format!("pid {}", p.entry.pid))?;
-    p.live = Some(Box::new(Loaded { core, mm, fds, fs, pages_dir: dir.clone(), pages_names, plan }));
+    p.live = Some(Box::new(Loaded { core, mm, fds, fs, pages_dir: dir.clone(), pages_names, pages_zst, pagemap, pages_mem: None, plan }));
     Ok(p)
 }
 
@@ -415,6 +443,53 @@ fn fork_root(tree: &Tree, regions: &mut [Option<Region>], inherited: &Inherited)
         return Err(e).context("starting the restore child");
     }
     Ok((tracee, std::fs::File::from(err_r)))
+}
+
+/// Decompresses the pages of every live process whose images are
+/// compressed (their seek tables were checked by [`load`]): the step
+/// between validating the images and creating anything.
+fn unpack_all(tree: &mut Tree) -> Result<()> {
+    let _t = crate::stats::timer(crate::stats::Phase::Load);
+    for l in tree.procs.iter_mut().filter_map(|p| p.live.as_mut()) {
+        if let Some(path) = &l.pages_zst {
+            l.pages_mem = Some(unpack_pages(path, &l.pagemap, &l.fds)?);
+        }
+    }
+    Ok(())
+}
+
+/// Bytes of the plain pages file `pagemap` describes (saturating: a
+/// hostile count gives a size no file has).
+fn pages_file_len(pagemap: &[pb::PagemapEntry]) -> u64 {
+    let pages: u64 = pagemap.iter().map(|p| u64::from(p.nr_pages)).sum();
+    pages.saturating_mul(crate::images::PAGE_SIZE).saturating_add(crate::images::PAGES_DATA_OFFSET)
+}
+
+/// Checks the header and size of the memfd decompressed from `path`.
+fn check_pages_file(f: &std::fs::File, path: &std::path::Path, pagemap: &[pb::PagemapEntry]) -> Result<()> {
+    use std::os::unix::fs::FileExt;
+    let mut h = [0u8; 8];
+    f.read_exact_at(&mut h, 0).with_context(|| format!("{}: truncated header", path.display()))?;
+    crate::images::check_header(path, h, Some(Kind::Pages))?;
+    let (need, have) = (pages_file_len(pagemap), f.metadata()?.len());
+    if have != need {
+        bail!("{}: decompresses to {have} bytes, but the pagemap describes {need}", path.display());
+    }
+    Ok(())
+}
+
+/// Decompresses pages-PID.img.zst (`path`) into a memfd for the restorer
+/// blob, placed above every fd number the process will have.
+fn unpack_pages(path: &std::path::Path, pagemap: &[pb::PagemapEntry], fds: &[pb::FdEntry]) -> Result<std::os::fd::OwnedFd> {
+    let t = std::time::Instant::now();
+    let name = path.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
+    let mem = crate::images::compress::unpack(path, pages_file_len(pagemap), &name)?;
+    check_pages_file(&mem, path, pagemap)?;
+    let len = mem.metadata().map(|m| m.len()).unwrap_or(0);
+    crate::log::info(&format!("{}: {:.1} MiB of pages decompressed in {} ms", path.display(), len as f64 / (1 << 20) as f64, t.elapsed().as_millis()));
+    let min = 1 + fds.iter().map(|f| f.fd as RawFd).max().unwrap_or(2).max(2);
+    let fd = crate::sys::move_above(mem.into(), min).with_context(|| format!("moving the decompressed {} above fd {min}", path.display()))?;
+    Ok(crate::sys::own(fd))
 }
 
 /// Size of the XSAVE area this CPU uses for the enabled features

@@ -182,12 +182,10 @@ fn xsave_feature_missing_refused() {
     assert_refused(&mut t, "xsave", &images, &ids, &[&format!("core-{pid}.img"), "xsave", name]);
 }
 
-/// A file a VMA maps privately (content shows through) was modified since
-/// the dump: refused, naming the mapping and the file.
-#[test]
-fn mapped_file_changed_refused() {
-    let Some(mut t) = TestEnv::new("mapped_file_changed_refused") else { return };
-    // The victim's own binary, copied: its text is mapped privately, and it is its exe.
+/// Runs the heap victim from a copy of its binary (its text is mapped
+/// privately, and it is its exe), dumps it (killing it) and returns the
+/// copy's path.
+fn dump_copied_heap(t: &mut TestEnv) -> PathBuf {
     let exe = t.path("victim-heap");
     fs::copy(victim_path("heap"), &exe).unwrap();
     let mut cmd = std::process::Command::new(&exe);
@@ -196,6 +194,15 @@ fn mapped_file_changed_refused() {
     t.wait_ready();
     t.dump_ok(&[]);
     t.reap_victim();
+    exe
+}
+
+/// A file a VMA maps privately (content shows through) was modified since
+/// the dump: refused, naming the mapping and the file.
+#[test]
+fn mapped_file_changed_refused() {
+    let Some(mut t) = TestEnv::new("mapped_file_changed_refused") else { return };
+    let exe = dump_copied_heap(&mut t);
     let mut f = fs::OpenOptions::new().append(true).open(&exe).unwrap();
     std::io::Write::write_all(&mut f, b"\0").unwrap();
     drop(f);
@@ -209,14 +216,7 @@ fn mapped_file_changed_refused() {
 #[test]
 fn replaced_file_refused() {
     let Some(mut t) = TestEnv::new("replaced_file_refused") else { return };
-    let exe = t.path("victim-heap");
-    fs::copy(victim_path("heap"), &exe).unwrap();
-    let mut cmd = std::process::Command::new(&exe);
-    cmd.arg(&t.go);
-    t.spawn_command(cmd, false);
-    t.wait_ready();
-    t.dump_ok(&[]);
-    t.reap_victim();
+    let exe = dump_copied_heap(&mut t);
     let new = t.path("victim-heap.new");
     fs::copy(&exe, &new).unwrap();
     fs::rename(&new, &exe).unwrap();

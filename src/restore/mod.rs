@@ -465,26 +465,13 @@ fn pages_file_len(pagemap: &[pb::PagemapEntry]) -> u64 {
     pages.saturating_mul(crate::images::PAGE_SIZE).saturating_add(crate::images::PAGES_DATA_OFFSET)
 }
 
-/// Checks the header and size of the memfd decompressed from `path`.
-fn check_pages_file(f: &std::fs::File, path: &std::path::Path, pagemap: &[pb::PagemapEntry]) -> Result<()> {
-    use std::os::unix::fs::FileExt;
-    let mut h = [0u8; 8];
-    f.read_exact_at(&mut h, 0).with_context(|| format!("{}: truncated header", path.display()))?;
-    crate::images::check_header(path, h, Some(Kind::Pages))?;
-    let (need, have) = (pages_file_len(pagemap), f.metadata()?.len());
-    if have != need {
-        bail!("{}: decompresses to {have} bytes, but the pagemap describes {need}", path.display());
-    }
-    Ok(())
-}
-
 /// Decompresses pages-PID.img.zst (`path`) into a memfd for the restorer
 /// blob, placed above every fd number the process will have.
 fn unpack_pages(path: &std::path::Path, pagemap: &[pb::PagemapEntry], fds: &[pb::FdEntry]) -> Result<std::os::fd::OwnedFd> {
     let t = std::time::Instant::now();
     let name = path.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
     let mem = crate::images::compress::unpack(path, pages_file_len(pagemap), &name)?;
-    check_pages_file(&mem, path, pagemap)?;
+    validate::pages_content(&mem, path, pagemap.iter().map(|p| u64::from(p.nr_pages)).sum())?;
     let len = mem.metadata().map(|m| m.len()).unwrap_or(0);
     crate::log::info(&format!("{}: {:.1} MiB of pages decompressed in {} ms", path.display(), len as f64 / (1 << 20) as f64, t.elapsed().as_millis()));
     let min = 1 + fds.iter().map(|f| f.fd as RawFd).max().unwrap_or(2).max(2);

@@ -446,11 +446,15 @@ pub fn pages_files(dir: &crate::images::ImageDir, pid: u32, pagemap: &[pb::Pagem
 }
 
 fn pages_file(dir: &crate::images::ImageDir, name: &str, pages: u64) -> Result<()> {
-    use std::io::Read;
-    let path = &dir.path.join(name);
-    let mut f = dir.open_file(name)?;
+    pages_content(&dir.open_file(name)?, &dir.path.join(name), pages)
+}
+
+/// Checks that `f` (`path` in messages; for a compressed set, the memfd
+/// decompressed from it) is a pages file holding exactly `pages` pages.
+pub fn pages_content(f: &std::fs::File, path: &std::path::Path, pages: u64) -> Result<()> {
+    use std::os::unix::fs::FileExt;
     let mut h = [0u8; 8];
-    f.read_exact(&mut h).with_context(|| format!("{}: truncated header", path.display()))?;
+    f.read_exact_at(&mut h, 0).with_context(|| format!("{}: truncated header", path.display()))?;
     crate::images::check_header(path, h, Some(Kind::Pages))?;
     let need = pages.checked_mul(PAGE_SIZE).and_then(|b| b.checked_add(PAGES_DATA_OFFSET));
     let have = f.metadata()?.len();

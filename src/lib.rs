@@ -62,7 +62,10 @@
 //! numbers, opens the files its VMAs map, then jumps into the restorer
 //! blob, copied into a bootstrap region that overlaps neither rcr's
 //! mappings nor the saved ones. The blob parks the vDSO, unmaps everything
-//! else, maps the saved VMAs and reads their pages in, moves the vDSO to
+//! else, maps the saved VMAs and reads their pages in (from 16 MiB of
+//! pages with a second, short-lived "page reader" thread under a TID rcr
+//! picked, which reads the second half and exits before the blob goes
+//! on; rcr reaps it), moves the vDSO to
 //! its saved place, sets the mm fields and TLS, recreates the other threads
 //! with their TIDs, sets the resource limits, stops at an `int3`, and once
 //! rcr has seen every blob report, takes on its saved scheduling,

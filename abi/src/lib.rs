@@ -186,6 +186,33 @@ pub struct RestoreArgs {
     /// The second pages file (runs of part 1), -1 if none.
     pub pages_fd1: i32,
     pub _pad_pages: u32,
+    /// The page reader thread (see [`PageReader`]); `reader.from` 0: none.
+    pub reader: PageReader,
+}
+
+/// A helper thread that reads the second half of the pages while the
+/// leader reads the first: bytes [`from`, end) of the runs laid end to
+/// end. The host plans it only for processes with enough pages.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default)]
+pub struct PageReader {
+    /// Ready for clone3: CLONE_THREAD and friends, CLONE_CHILD_CLEARTID on
+    /// `alive`, its stack in the region, `set_tid` pointing at `tid`.
+    pub clone: CloneArgs,
+    /// The TID the host picked: free at plan time and none of the image
+    /// set's; clone3 fails (EEXIST) if someone took it since.
+    pub tid: i32,
+    /// Futex word, nonzero until the kernel clears it at the thread's exit
+    /// (CLONE_CHILD_CLEARTID); the leader waits for 0 before going on.
+    pub alive: u32,
+    /// Byte offset in the concatenated runs where the thread starts.
+    pub from: u64,
+    /// 0, or the thread's -errno; `run` is then the failing run's index.
+    pub result: i64,
+    pub run: i64,
+    /// Set by the leader: the TID when the thread ran, or clone3's -errno
+    /// when it read everything itself; 0: no thread planned.
+    pub outcome: i64,
 }
 
 /// Number of RLIMIT_* resources (RLIM_NLIMITS).
@@ -469,7 +496,7 @@ assert_layout!(SpecialMapping, size = 32, cur = 0, park = 8, target = 16, len = 
 assert_layout!(PrctlMmMap, size = 104, auxv = 88, auxv_size = 96, exe_fd = 100);
 assert_layout!(
     RestoreArgs,
-    size = 88 + 96 + 104 + 1024 + 8 + 16 + 8 + 96 + 56 + 24 + 256 + 16 + 152 + 8,
+    size = 88 + 96 + 104 + 1024 + 8 + 16 + 8 + 96 + 56 + 24 + 256 + 16 + 152 + 8 + 120,
     stack_top = 0,
     magic = 8,
     region_start = 16,
@@ -499,7 +526,9 @@ assert_layout!(
     creds_done = 1788,
     creds = 1792,
     pages_fd1 = 1944,
+    reader = 1952,
 );
+assert_layout!(PageReader, size = 120, clone = 0, tid = 80, alive = 84, from = 88, result = 96, run = 104, outcome = 112);
 assert_layout!(Rlimit, size = 16, cur = 0, max = 8);
 assert_layout!(SeccompFilter, size = 16, insns = 0, nr_insns = 8, flags = 12);
 assert_layout!(

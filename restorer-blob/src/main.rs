@@ -7,7 +7,9 @@
 //! 1. parks the current [vvar]/[vvar_vclock]/[vdso] inside the region,
 //! 2. unmaps everything outside the region,
 //! 3. maps every saved VMA at its address (MAP_FIXED_NOREPLACE),
-//! 4. reads the saved pages into place and applies final protections,
+//! 4. reads the saved pages into place (with a second thread reading the
+//!    second half when the host planned one, [`read_pages`]) and applies
+//!    final protections,
 //! 5. moves the parked vDSO mappings to their saved addresses,
 //! 6. sets the mm fields (PR_SET_MM_MAP), the TLS bases, the rseq
 //!    registration, the clear_child_tid address and the robust list,
@@ -34,8 +36,8 @@ mod creds;
 
 use rcr_abi::sys;
 
-use core::sync::atomic::{AtomicU32, Ordering};
-use rcr_abi::{PageRun, PendingSig, RestoreArgs, RestoreStep, ThreadArgs, VmaEntry, NR_SPECIAL, RESTORE_ARGS_MAGIC, TASK_SIZE, THREAD_RETURN_MAGIC};
+use core::sync::atomic::{AtomicI64, AtomicU32, Ordering};
+use rcr_abi::{CloneArgs, PageRun, PendingSig, RestoreArgs, RestoreStep, ThreadArgs, VmaEntry, NR_SPECIAL, RESTORE_ARGS_MAGIC, TASK_SIZE, THREAD_RETURN_MAGIC};
 
 rcr_abi::blob_entry!(restore_main);
 
@@ -52,6 +54,11 @@ const PAGE_SIZE: u64 = 4096;
 const PR_SET_NAME: u64 = 15;
 const FUTEX_WAIT_PRIVATE: u64 = 128;
 const FUTEX_WAKE_PRIVATE: u64 = 129;
+/// Shared (not private) wait: the kernel's CLONE_CHILD_CLEARTID wake is.
+const FUTEX_WAIT: u64 = 0;
+/// What a thread made by [`clone_into`] runs.
+const CHILD_THREAD: u64 = 0;
+const CHILD_READER: u64 = 1;
 
 /// Stops for the host: rax = result, rdi = step, rsi = index.
 #[inline(always)]
@@ -93,7 +100,7 @@ extern "C" fn restore_main(args: *const RestoreArgs) -> ! {
     park_special(a);
     unmap_old(a);
     map_vmas(vmas);
-    read_pages([a.pages_fd, a.pages_fd1], runs);
+    read_pages(a, runs);
     protect_vmas(vmas);
     advise_vmas(vmas);
     close_helper_fds(a, vmas);
@@ -167,6 +174,14 @@ fn futex_word(w: &u32) -> &AtomicU32 {
     unsafe { AtomicU32::from_ptr(w as *const u32 as *mut u32) }
 }
 
+/// A result word of the page reader, written by one thread, read by the
+/// other.
+fn shared_word(w: &i64) -> &AtomicI64 {
+    // SAFETY: as for futex_word: 8-byte aligned (asserted layout), in the
+    // region, only accessed atomically while two threads exist.
+    unsafe { AtomicI64::from_ptr(w as *const i64 as *mut i64) }
+}
+
 /// Creates every saved thread and waits until each has set itself up;
 /// fails with the first thread's error.
 fn spawn_threads(a: &RestoreArgs) {
@@ -177,7 +192,7 @@ fn spawn_threads(a: &RestoreArgs) {
     let threads = unsafe { core::slice::from_raw_parts(a.threads as *const ThreadArgs, a.nr_threads as usize) };
     let ready = futex_word(&a.ready);
     for (i, t) in threads.iter().enumerate() {
-        let r = clone_thread(t);
+        let r = clone_into(&t.clone, CHILD_THREAD, t as *const ThreadArgs as u64);
         if r < 0 {
             fail(RestoreStep::SpawnThread, i as u64, r);
         }
@@ -200,29 +215,33 @@ fn spawn_threads(a: &RestoreArgs) {
     }
 }
 
-/// clone3 into [`thread_main`] on the thread's own stack. Returns the new
-/// TID (or -errno) in the calling thread; the new thread never returns.
-fn clone_thread(t: &ThreadArgs) -> i64 {
+/// clone3 with `c` into [`child_entry`]`(arg, kind)` on the stack `c`
+/// names. Returns the new TID (or -errno) in the calling thread; the new
+/// thread never returns.
+fn clone_into(c: &CloneArgs, kind: u64, arg: u64) -> i64 {
     let ret: i64;
     // SAFETY: clone3 with CLONE_VM|CLONE_THREAD... on a stack of the region
-    // reserved for this thread. The child starts on that stack with every
-    // register but rax/rcx/r11 as here, so r12 still holds `t`; it calls
-    // thread_main, which never returns. The parent just gets the TID.
+    // reserved for this thread (the host set `c.stack`). The child starts
+    // on that stack with every register but rax/rcx/r11 as here, so r12 and
+    // r13 still hold `arg` and `kind`; it calls child_entry, which never
+    // returns. The parent just gets the TID.
     unsafe {
         core::arch::asm!(
             "syscall",
             "test rax, rax",
             "jnz 2f",
             "mov rdi, r12",
+            "mov rsi, r13",
             "and rsp, -16",
             "call {main}",
             "ud2",
             "2:",
-            main = sym thread_main,
+            main = sym child_entry,
             inlateout("rax") sys::NR_CLONE3 as i64 => ret,
-            in("rdi") &t.clone as *const _ as u64,
-            in("rsi") core::mem::size_of_val(&t.clone) as u64,
-            in("r12") t as *const ThreadArgs as u64,
+            in("rdi") c as *const CloneArgs as u64,
+            in("rsi") core::mem::size_of_val(c) as u64,
+            in("r12") arg,
+            in("r13") kind,
             lateout("rcx") _,
             lateout("r11") _,
         );
@@ -230,9 +249,18 @@ fn clone_thread(t: &ThreadArgs) -> i64 {
     ret
 }
 
+/// First code of a thread made by [`clone_into`]: a saved thread
+/// ([`ThreadArgs`]) or the page reader ([`RestoreArgs`]).
+extern "C" fn child_entry(arg: u64, kind: u64) -> ! {
+    if kind == CHILD_READER {
+        reader_main(arg as *const RestoreArgs)
+    }
+    thread_main(arg as *mut ThreadArgs)
+}
+
 /// A new thread: per-thread state, then wait for the leader's go and
 /// rt_sigreturn into the saved registers.
-extern "C" fn thread_main(t: *mut ThreadArgs) -> ! {
+fn thread_main(t: *mut ThreadArgs) -> ! {
     // SAFETY: `t` is this thread's ThreadArgs in the region; only this
     // thread writes it (result/step) until it counts itself ready.
     let t = unsafe { &mut *t };
@@ -330,28 +358,87 @@ fn map_vmas(vmas: &[VmaEntry]) {
     }
 }
 
-fn read_pages(fds: [i32; 2], runs: &[PageRun]) {
-    for (i, run) in runs.iter().enumerate() {
-        let fd = match fds.get(run.part as usize) {
-            Some(&fd) if fd >= 0 => fd,
-            _ => fail(RestoreStep::ReadPages, i as u64, -9),
-        };
-        let mut done = 0u64;
-        let total = run.nr_pages * PAGE_SIZE;
-        while done < total {
-            let r = sys::syscall4(
-                sys::NR_PREAD64,
-                fd as u64,
-                run.vaddr + done,
-                total - done,
-                run.file_off + done,
-            );
-            if r == 0 {
-                fail(RestoreStep::ReadPages, i as u64, -5);
-            }
-            done += check(RestoreStep::ReadPages, i as u64, r) as u64;
+/// Reads every run into place. With a planned reader thread that starts,
+/// the leader reads bytes [0, reader.from) and the thread the rest; the
+/// leader then waits until the thread is gone. If clone3 fails (its TID
+/// was taken since the plan, ...), the leader reads everything itself.
+fn read_pages(a: &RestoreArgs, runs: &[PageRun]) {
+    let total = runs.iter().map(|r| r.nr_pages * PAGE_SIZE).sum::<u64>();
+    let mut split = total;
+    if a.reader.from != 0 && a.reader.from < total {
+        let tid = clone_into(&a.reader.clone, CHILD_READER, a as *const RestoreArgs as u64);
+        shared_word(&a.reader.outcome).store(tid, Ordering::Relaxed);
+        if tid > 0 {
+            split = a.reader.from;
         }
     }
+    if let Err((i, err)) = read_range([a.pages_fd, a.pages_fd1], runs, 0, split) {
+        fail(RestoreStep::ReadPages, i, err);
+    }
+    if split < total {
+        wait_reader(a);
+    }
+}
+
+/// Waits until the reader thread exited (the kernel zeroes `alive`), then
+/// fails with its error if it had one.
+fn wait_reader(a: &RestoreArgs) {
+    let alive = futex_word(&a.reader.alive);
+    loop {
+        let v = alive.load(Ordering::Acquire);
+        if v == 0 {
+            break;
+        }
+        sys::syscall4(sys::NR_FUTEX, alive.as_ptr() as u64, FUTEX_WAIT, v as u64, 0);
+    }
+    let err = shared_word(&a.reader.result).load(Ordering::Acquire);
+    if err < 0 {
+        // The reader stored `run` before its result (release/acquire).
+        fail(RestoreStep::ReadPages, shared_word(&a.reader.run).load(Ordering::Relaxed) as u64, err);
+    }
+}
+
+/// The page reader thread: reads its part, leaves its result, exits (the
+/// thread only; the kernel then zeroes `alive` and wakes the leader).
+fn reader_main(a: *const RestoreArgs) -> ! {
+    // SAFETY: `a` is the process's RestoreArgs in the region; this thread
+    // only reads it, and writes its result words atomically.
+    let a = unsafe { &*a };
+    // SAFETY: as in restore_main: the host wrote `nr_page_runs` runs there.
+    let runs = unsafe { core::slice::from_raw_parts(a.page_runs as *const PageRun, a.nr_page_runs as usize) };
+    if let Err((i, err)) = read_range([a.pages_fd, a.pages_fd1], runs, a.reader.from, u64::MAX) {
+        shared_word(&a.reader.run).store(i as i64, Ordering::Relaxed);
+        shared_word(&a.reader.result).store(err, Ordering::Release);
+    }
+    loop {
+        sys::syscall1(sys::NR_EXIT, 0);
+    }
+}
+
+/// Reads bytes [from, to) of the runs laid end to end into place; on
+/// failure, the run's index and -errno.
+fn read_range(fds: [i32; 2], runs: &[PageRun], from: u64, to: u64) -> Result<(), (u64, i64)> {
+    let mut pos = 0u64;
+    for (i, run) in runs.iter().enumerate() {
+        let len = run.nr_pages * PAGE_SIZE;
+        let (lo, hi) = (from.max(pos), to.min(pos + len));
+        if lo < hi {
+            let fd = match fds.get(run.part as usize) {
+                Some(&fd) if fd >= 0 => fd,
+                _ => return Err((i as u64, -9)),
+            };
+            let mut done = lo - pos;
+            while done < hi - pos {
+                let r = sys::syscall4(sys::NR_PREAD64, fd as u64, run.vaddr + done, hi - pos - done, run.file_off + done);
+                if r <= 0 {
+                    return Err((i as u64, if r == 0 { -5 } else { r }));
+                }
+                done += r as u64;
+            }
+        }
+        pos += len;
+    }
+    Ok(())
 }
 
 fn protect_vmas(vmas: &[VmaEntry]) {

@@ -28,6 +28,13 @@ pub struct Plan {
     pub exe_file_id: u32,
 }
 
+impl Plan {
+    /// Pages the restore reads into place (all runs).
+    pub fn nr_pages(&self) -> u64 {
+        self.runs.iter().map(|r| r.nr_pages).sum()
+    }
+}
+
 fn special_index(kind: VmaKind) -> Option<usize> {
     match kind {
         VmaKind::VmaVvar => Some(SPECIAL_VVAR),

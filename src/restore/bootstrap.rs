@@ -6,8 +6,12 @@
 //!
 //! ```text
 //! | code | RestoreArgs, VmaEntry[], PageRun[], ThreadArgs[], PendingSig[], PosixTimerArgs[], creds data |
-//! | sigframe | a sigframe per other thread | stack | a stack per other thread | vDSO park |
+//! | sigframe | a sigframe per other thread | stack | a stack per other thread | [reader stack] | vDSO park |
 //! ```
+//!
+//! A process with at least [`READER_MIN`] bytes of pages gets a page
+//! reader thread (one more small stack; [`rcr_abi::PageReader`]) when rcr
+//! found a TID for it ([`pick_reader_tids`]).
 #![allow(unsafe_code)]
 
 use crate::arch::cur::sigframe;
@@ -16,7 +20,7 @@ use crate::images::pb;
 use crate::mm::restore::Plan;
 use anyhow::{bail, Context, Result};
 use rcr_abi::parasite::ITimerVal;
-use rcr_abi::{CloneArgs, PageRun, PendingSig, PosixTimerArgs, RestoreArgs, ThreadArgs, VmaEntry, NR_SPECIAL, RESTORE_ARGS_MAGIC, TASK_SIZE};
+use rcr_abi::{CloneArgs, PageReader, PageRun, PendingSig, PosixTimerArgs, RestoreArgs, ThreadArgs, VmaEntry, NR_SPECIAL, RESTORE_ARGS_MAGIC, TASK_SIZE};
 use std::mem::{align_of, size_of};
 
 const PAGE: u64 = 4096;
@@ -30,6 +34,17 @@ const THREAD_CLONE_FLAGS: u64 = (libc::CLONE_VM
     | libc::CLONE_THREAD
     | libc::CLONE_SYSVSEM
     | libc::CLONE_SETTLS) as u64;
+/// Saved pages from which a process gets a page reader thread: below,
+/// starting a thread costs more than the half of the reading it saves.
+pub const READER_MIN: u64 = 16 << 20;
+/// The page reader's clone flags: a thread that clears `alive` at exit.
+const READER_CLONE_FLAGS: u64 = (libc::CLONE_VM
+    | libc::CLONE_FS
+    | libc::CLONE_FILES
+    | libc::CLONE_SIGHAND
+    | libc::CLONE_THREAD
+    | libc::CLONE_SYSVSEM
+    | libc::CLONE_CHILD_CLEARTID) as u64;
 /// Lowest address considered for the region.
 const LOW: u64 = 1 << 32;
 
@@ -45,6 +60,8 @@ pub struct Region {
     args_off: u64,
     vmas_off: u64,
     nr_vmas: usize,
+    /// The page reader's TID, if one is planned.
+    pub reader_tid: Option<i32>,
 }
 
 /// Lowest gap of `len` bytes (plus a guard page on each side) above LOW
@@ -69,7 +86,9 @@ pub fn find_hole(busy: &mut [(u64, u64)], len: u64) -> Result<u64> {
 
 impl Region {
     /// Maps the region at a free place and fills everything but the fds.
-    pub fn build(plan: &Plan, core: &pb::TaskCore, busy: &mut [(u64, u64)], xcr0: u64) -> Result<Region> {
+    /// `reader_tid`: the TID for the page reader thread, if the process
+    /// gets one.
+    pub fn build(plan: &Plan, core: &pb::TaskCore, busy: &mut [(u64, u64)], xcr0: u64, reader_tid: Option<i32>) -> Result<Region> {
         let regs = core.regs.as_ref().context("core image: no registers")?;
         let pending = thread_pending(core)?;
         let nthreads = core.threads.len() as u64;
@@ -85,12 +104,13 @@ impl Region {
         let frame_off = page_up(creds_off + crate::creds::restore::pack(core, 0).data.len() as u64);
         let frame_len = page_up(sigframe::frame_size(core.xsave.len()) as u64);
         let stack_off = frame_off + frame_len * (1 + nthreads);
-        let park_off = stack_off + STACK_SIZE + THREAD_STACK * nthreads;
+        let reader_stack_off = stack_off + STACK_SIZE + THREAD_STACK * nthreads;
+        let park_off = reader_stack_off + if reader_tid.is_some() { THREAD_STACK } else { 0 };
         let (park_base, park_len) = park_span(plan);
         let len = park_off + page_up(park_len);
         let start = find_hole(busy, len)?;
         map_fixed(start, len)?;
-        let r = Region { start, len, args_off, vmas_off, nr_vmas: plan.vmas.len() };
+        let r = Region { start, len, args_off, vmas_off, nr_vmas: plan.vmas.len(), reader_tid };
         let creds = crate::creds::restore::pack(core, start + creds_off);
 
         // SAFETY: [start, start+len) was just mapped read-write by us and is
@@ -177,6 +197,7 @@ impl Region {
             creds: creds.leader,
             pages_fd1: -1,
             _pad_pages: 0,
+            reader: reader_tid.map_or_else(PageReader::default, |tid| reader_args(plan, tid, start + args_off, start + reader_stack_off)),
         };
         mm_map.auxv = start + args_off + std::mem::offset_of!(RestoreArgs, auxv) as u64;
         let args = RestoreArgs { mm_map, ..args };
@@ -232,6 +253,52 @@ impl Region {
         // SAFETY: nothing in rcr refers to the region after the fork.
         unsafe { libc::munmap(self.start as *mut libc::c_void, self.len as usize) };
     }
+
+    /// Address of the reader's `outcome` word in the restored process.
+    pub fn reader_outcome_addr(&self) -> u64 {
+        self.start + self.args_off + (std::mem::offset_of!(RestoreArgs, reader) + std::mem::offset_of!(PageReader, outcome)) as u64
+    }
+}
+
+/// The page reader of a process whose RestoreArgs are at `args`: TID
+/// `tid`, a stack at `stack`, the second half of the pages (page aligned).
+fn reader_args(plan: &Plan, tid: i32, args: u64, stack: u64) -> PageReader {
+    let reader = args + std::mem::offset_of!(RestoreArgs, reader) as u64;
+    let clone = CloneArgs {
+        flags: READER_CLONE_FLAGS,
+        child_tid: reader + std::mem::offset_of!(PageReader, alive) as u64,
+        stack,
+        stack_size: THREAD_STACK,
+        set_tid: reader + std::mem::offset_of!(PageReader, tid) as u64,
+        set_tid_size: 1,
+        ..Default::default()
+    };
+    PageReader { clone, tid, alive: 1, from: plan.nr_pages() / 2 * PAGE, ..Default::default() }
+}
+
+/// A TID for the page reader of each process of `plans` (None: a zombie)
+/// with at least [`READER_MIN`] bytes of pages: counting down from
+/// pid_max - 1, pids with no /proc entry now that are none of `taken`
+/// (the image set's pids and tids). RCR_TEST_READER_TID=N (tests only)
+/// makes N the first pick.
+pub fn pick_reader_tids(plans: &[Option<&Plan>], taken: &std::collections::HashSet<i32>) -> Vec<Option<i32>> {
+    let pid_max = std::fs::read_to_string("/proc/sys/kernel/pid_max").ok().and_then(|s| s.trim().parse::<i32>().ok()).unwrap_or(32768);
+    let mut forced = std::env::var("RCR_TEST_READER_TID").ok().and_then(|s| s.parse::<i32>().ok());
+    let mut next = pid_max - 1;
+    let mut pick = || -> Option<i32> {
+        if let Some(n) = forced.take() {
+            return Some(n);
+        }
+        while next > 300 {
+            let n = next;
+            next -= 1;
+            if !taken.contains(&n) && !std::path::Path::new(&format!("/proc/{n}")).exists() {
+                return Some(n);
+            }
+        }
+        None
+    };
+    plans.iter().map(|p| p.filter(|p| p.nr_pages() * PAGE >= READER_MIN).and_then(|_| pick())).collect()
 }
 
 fn altstack(a: &Option<pb::AltStack>) -> sigframe::AltStack {

@@ -221,7 +221,7 @@ pub fn run(o: &Options) -> Result<i32> {
 /// read-only image directory) is only a warning.
 fn write_stats(o: &Options, tree: &Tree) {
     let live = || tree.procs.iter().filter_map(|p| p.live.as_ref());
-    let pages = live().flat_map(|l| l.plan.runs.iter()).map(|r| r.nr_pages).sum();
+    let pages = live().map(|l| l.plan.nr_pages()).sum();
     crate::stats::add(crate::stats::Count::PagesRestored, pages);
     let threads = tree.procs.iter().map(|p| p.entry.threads.len().max(1)).sum();
     let written = ImageDir::open(&o.dir).and_then(|dir| crate::stats::write_restore(&dir, tree.procs.len(), threads));
@@ -250,6 +250,7 @@ fn restore_job(tree: &Tree) -> Result<Option<Foreground>> {
 fn restore_tree(tree: &Tree) -> Result<()> {
     let mut regions = build_regions(tree)?;
     let spans: Vec<_> = regions.iter().map(|r| r.as_ref().map(|r| (r.start, r.len, r.syscall_insn()))).collect();
+    let readers: Vec<_> = regions.iter().map(|r| r.as_ref().and_then(|r| Some((r.reader_tid?, r.reader_outcome_addr())))).collect();
     let inherited = match tree.bound.as_ref().map(|b| b.files_as()).transpose() {
         Ok(ids) => {
             let inherited = Inherited::create(tree);
@@ -270,22 +271,26 @@ fn restore_tree(tree: &Tree) -> Result<()> {
         r.unmap();
     }
     let (tracee, err_r) = root?;
-    supervise::run(tree, &spans, tracee, err_r, &mut || tcp.finish())
+    supervise::run(tree, &spans, &readers, tracee, err_r, &mut || tcp.finish())
 }
 
 /// A bootstrap region for each live process, none overlapping rcr's
-/// mappings, another region, or the saved mappings of its own process.
+/// mappings, another region, or the saved mappings of its own process;
+/// with a page reader thread for the processes with many pages.
 fn build_regions(tree: &Tree) -> Result<Vec<Option<Region>>> {
     let mut busy: Vec<(u64, u64)> = proc::maps(std::process::id() as i32)?.iter().map(|m| (m.start, m.end)).collect();
+    let taken: std::collections::HashSet<i32> = tree.procs.iter().flat_map(|p| p.entry.threads.iter().chain([&p.entry.pid])).map(|&t| t as i32).collect();
+    let plans: Vec<_> = tree.procs.iter().map(|p| p.live.as_ref().map(|l| &l.plan)).collect();
+    let reader_tids = bootstrap::pick_reader_tids(&plans, &taken);
     let mut regions = Vec::new();
-    for p in &tree.procs {
+    for (p, reader_tid) in tree.procs.iter().zip(reader_tids) {
         let Some(l) = &p.live else {
             regions.push(None);
             continue;
         };
         let mut mine = busy.clone();
         mine.extend(crate::mm::restore::occupied(&l.mm));
-        let r = Region::build(&l.plan, &l.core, &mut mine, arch::xcr0()).with_context(|| format!("pid {}", p.pid()));
+        let r = Region::build(&l.plan, &l.core, &mut mine, arch::xcr0(), reader_tid).with_context(|| format!("pid {}", p.pid()));
         let r = match r {
             Ok(r) => r,
             Err(e) => {

@@ -6,6 +6,7 @@
 //! each process:  forked ─► barrier 1 ─► barrier 2 ─► prepare ─► blob ─► report ─► rt_sigreturn
 //! each zombie:   forked ─► barrier 1 ─► barrier 2 ─► exits with its status
 //! each thread:             (created by the blob) ─► setup ─► waits for go ─► int3 ─► rt_sigreturn
+//! page reader:              (created by the blob) ─► reads its half of the pages ─► exits, reaped
 //! ```
 //!
 //! Nobody passes a barrier until every process reached it; no process
@@ -54,6 +55,10 @@ struct Task {
 /// of the blob's `syscall` instruction).
 pub type RegionSpan = (u64, u64, u64);
 
+/// A planned page reader thread of a process: its TID and the address of
+/// its `outcome` word (rcr_abi::PageReader) in the process.
+pub type ReaderPlan = (i32, u64);
+
 struct Supervisor<'a> {
     tree: &'a Tree,
     spans: &'a [Option<RegionSpan>],
@@ -63,12 +68,17 @@ struct Supervisor<'a> {
     counts: HashMap<(bool, Phase), usize>,
     tracees: HashMap<i32, Tracee>,
     err: std::fs::File,
+    /// Planned page reader TIDs, and the process (index) of each.
+    readers: HashMap<i32, usize>,
+    /// Page readers that started and are not reaped yet.
+    live_readers: std::collections::HashSet<i32>,
+    reader_plans: &'a [Option<ReaderPlan>],
 }
 
 /// Drives the forked tree to its saved state and detaches it, calling
 /// `before_release` once every task is back in its saved state, before
 /// any runs. On error every process of the tree is killed.
-pub fn run(tree: &Tree, spans: &[Option<RegionSpan>], root: Tracee, err: std::fs::File, before_release: &mut dyn FnMut() -> Result<()>) -> Result<()> {
+pub fn run(tree: &Tree, spans: &[Option<RegionSpan>], reader_plans: &[Option<ReaderPlan>], root: Tracee, err: std::fs::File, before_release: &mut dyn FnMut() -> Result<()>) -> Result<()> {
     let mut tasks = HashMap::new();
     for (i, p) in tree.procs.iter().enumerate() {
         for (k, &tid) in p.entry.threads.iter().enumerate() {
@@ -82,7 +92,9 @@ pub fn run(tree: &Tree, spans: &[Option<RegionSpan>], root: Tracee, err: std::fs
     for t in tasks.values() {
         *counts.entry((t.leader, Phase::Running)).or_default() += 1;
     }
-    let mut s = Supervisor { tree, spans, tasks, counts, tracees: HashMap::new(), err };
+    let readers = reader_plans.iter().enumerate().filter_map(|(i, r)| Some((r.as_ref()?.0, i))).collect();
+    let live_readers = Default::default();
+    let mut s = Supervisor { tree, spans, tasks, counts, tracees: HashMap::new(), err, readers, live_readers, reader_plans };
     s.tracees.insert(root.pid(), root);
     let result = s.drive().and_then(|()| s.finish()).and_then(|()| before_release());
     if let Err(e) = result {
@@ -132,8 +144,12 @@ fn reap_all(limit: std::time::Duration) {
 
 impl Supervisor<'_> {
     fn drive(&mut self) -> Result<()> {
-        while self.count_any(&[Phase::Returned, Phase::Dead]) < self.tasks.len() {
+        while self.count_any(&[Phase::Returned, Phase::Dead]) < self.tasks.len() || !self.live_readers.is_empty() {
             let (tid, stop) = crate::infect::wait_any().context("waiting for the restored tree")?;
+            if let Some(&pi) = self.readers.get(&tid) {
+                self.reader_stop(tid, pi, stop)?;
+                continue;
+            }
             let Some(task) = self.tasks.get(&tid) else {
                 bail!("task {tid}, which is not in the image set, appeared during the restore");
             };
@@ -170,6 +186,48 @@ impl Supervisor<'_> {
         self.tracees.entry(tid).or_insert_with(|| Tracee::adopt(tid)).cont(0)
     }
 
+    /// A stop of a page reader thread: its first stop (let it run), its
+    /// exit (reaped by that wait); anything else fails the restore.
+    fn reader_stop(&mut self, tid: i32, pi: usize, stop: Stop) -> Result<()> {
+        let pid = self.tree.procs[pi].pid();
+        match stop {
+            Stop::Interrupt => {
+                self.live_readers.insert(tid);
+                self.tracees.entry(tid).or_insert_with(|| Tracee::adopt(tid)).cont(0)
+            }
+            Stop::Event(_) => self.tracee(tid)?.cont(0),
+            Stop::Exited(0) => {
+                self.live_readers.remove(&tid);
+                if let Some(mut t) = self.tracees.remove(&tid) {
+                    t.forget();
+                }
+                Ok(())
+            }
+            Stop::Exited(c) => bail!("pid {pid}: page reader thread {tid} exited with status {c} during the restore"),
+            Stop::Killed(sig) => bail!("pid {pid}: page reader thread {tid} was killed by signal {sig} during the restore"),
+            Stop::Signal(sig) => bail!("pid {pid}: page reader thread {tid} got signal {sig} during the restore"),
+            Stop::Syscall => bail!("pid {pid}: page reader thread {tid} stopped at a syscall"),
+        }
+    }
+
+    /// After a blob's report: logs whether its page reader thread ran
+    /// (the blob wrote the TID or clone3's -errno to `outcome`).
+    fn log_reader(&self, pi: usize) {
+        let Some((tid, addr)) = self.reader_plans.get(pi).copied().flatten() else { return };
+        let pid = self.tree.procs[pi].pid();
+        let mut word = [0u8; 8];
+        let outcome = crate::infect::read_memory(pid, addr, &mut word).map(|()| i64::from_ne_bytes(word));
+        match outcome {
+            Ok(t) if t > 0 => log::info(&format!("pid {pid}: pages read by the leader and page reader thread {t}")),
+            Ok(e) if e < 0 => {
+                let err = std::io::Error::from_raw_os_error(-e as i32);
+                log::info(&format!("pid {pid}: no page reader thread (clone3 with tid {tid}: {err}); the leader read all pages"))
+            }
+            Ok(_) => log::info(&format!("pid {pid}: page reader thread {tid} not started; the leader read all pages")),
+            Err(e) => log::debug(&format!("pid {pid}: page reader outcome unknown: {e:#}")),
+        }
+    }
+
     /// A thread at its `int3` right before rt_sigreturn: stepped through
     /// it (entry, exit) here, it stays stopped in its saved state.
     fn thread_returns(&mut self, tid: i32) -> Result<()> {
@@ -202,6 +260,7 @@ impl Supervisor<'_> {
             bail!("pid {tid}: {}", describe_blob_failure(l, regs.rdi, regs.rsi, regs.rax as i64));
         }
         self.set(tid, Phase::Reported);
+        self.log_reader(pi);
         Ok(())
     }
 

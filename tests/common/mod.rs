@@ -29,7 +29,7 @@ const POLL: Duration = Duration::from_millis(10);
 
 pub const RCR: &str = env!("CARGO_BIN_EXE_rcr");
 const VICTIMS: &[&str] =
-    &["heap", "sparse", "filemap", "regfile", "fpu", "counter", "daemon", "badfd", "unsupported", "sigstate", "steady", "threads", "tree", "sharedfd", "timers", "creds", "anonfds", "unix", "unix_ext", "memfiles", "allstate", "inet", "pty", "zeropages", "manyfds", "nodump", "faulty", "compress"];
+    &["heap", "sparse", "filemap", "regfile", "fpu", "counter", "daemon", "badfd", "unsupported", "sigstate", "steady", "threads", "tree", "sharedfd", "timers", "creds", "anonfds", "unix", "unix_ext", "memfiles", "allstate", "inet", "pty", "zeropages", "manyfds", "nodump", "faulty", "compress", "bigmem"];
 const TMP_PREFIX: &str = "rcr-e2e-";
 
 /// Image files every successful dump of PID must leave behind.
@@ -513,6 +513,9 @@ pub struct TestEnv {
     /// blocked).
     pub victim_opts: SpawnOpts,
     pub rcr_opts: SpawnOpts,
+    /// Extra environment of every rcr this env starts (test hooks such as
+    /// RCR_TEST_READER_TID).
+    pub rcr_env: Vec<(String, String)>,
     runs: Vec<RcrRun>,
     seq: usize,
 }
@@ -545,6 +548,7 @@ impl TestEnv {
             tracked: Vec::new(),
             victim_opts: SpawnOpts::default(),
             rcr_opts: SpawnOpts::default(),
+            rcr_env: Vec::new(),
             runs: Vec::new(),
             seq: 0,
         })
@@ -677,10 +681,17 @@ impl TestEnv {
             .stdin(Stdio::null())
             .stdout(File::create(&run.stdout_path).expect("creating rcr stdout file"))
             .stderr(File::create(&run.stderr_path).expect("creating rcr stderr file"));
+        cmd.envs(self.rcr_env.iter().map(|(k, v)| (k, v)));
         prepare(&mut cmd, self.rcr_opts);
         let child = cmd.spawn().unwrap_or_else(|e| panic!("starting {RCR}: {e}"));
         self.runs.push(run);
         child
+    }
+
+    /// The -v -v log of the last `rcr CMD` run ("" if none or unreadable).
+    pub fn rcr_log(&self, cmd: &str) -> String {
+        let run = self.runs.iter().rev().find(|r| r.args.first().map(String::as_str) == Some(cmd));
+        run.and_then(|r| fs::read_to_string(&r.log_path).ok()).unwrap_or_default()
     }
 
     /// `rcr dump -t PID -D images [extra]`, expected to succeed and to leave

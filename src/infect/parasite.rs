@@ -730,12 +730,28 @@ impl Listener {
     }
 
     /// Waits for the parasite of `pid` to connect.
+    /// A SIGTERM or SIGINT to rcr meanwhile ends the wait with the
+    /// interruption's error (poll returns EINTR even under SA_RESTART).
     fn accept(&self, pid: i32) -> Result<OwnedFd> {
-        let mut pfd = libc::pollfd { fd: self.fd.as_raw_fd(), events: libc::POLLIN, revents: 0 };
-        // SAFETY: one valid pollfd.
-        let r = unsafe { libc::poll(&mut pfd, 1, CONNECT_TIMEOUT.as_millis() as i32) };
-        if r <= 0 {
-            bail!("the parasite in pid {pid} did not connect within {CONNECT_TIMEOUT:?}");
+        let deadline = std::time::Instant::now() + CONNECT_TIMEOUT;
+        loop {
+            let left = deadline.saturating_duration_since(std::time::Instant::now());
+            if left.is_zero() {
+                bail!("the parasite in pid {pid} did not connect within {CONNECT_TIMEOUT:?}");
+            }
+            let mut pfd = libc::pollfd { fd: self.fd.as_raw_fd(), events: libc::POLLIN, revents: 0 };
+            // SAFETY: one valid pollfd.
+            let r = unsafe { libc::poll(&mut pfd, 1, left.as_millis().max(1) as i32) };
+            if r > 0 {
+                break;
+            }
+            if r < 0 {
+                let e = std::io::Error::last_os_error();
+                if e.kind() != std::io::ErrorKind::Interrupted {
+                    return Err(e).with_context(|| format!("waiting for the parasite in pid {pid} to connect"));
+                }
+                fault::check()?;
+            }
         }
         // SAFETY: accept4 on our listening socket; the fd is new and owned below.
         let c = unsafe { libc::accept4(self.fd.as_raw_fd(), std::ptr::null_mut(), std::ptr::null_mut(), libc::SOCK_CLOEXEC) };

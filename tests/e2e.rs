@@ -83,6 +83,17 @@ fn fpu_avx() {
     full_cycle("fpu_avx", "fpu", &["avx"], false);
 }
 
+/// `dump -R`: the target, cured, carries on with every zmm/ymm byte (the
+/// cure returns through a signal frame too).
+#[test]
+fn fpu_leave_running() {
+    let Some(mut t) = TestEnv::new("fpu_leave_running") else { return };
+    t.spawn_victim("fpu", &[], false);
+    t.wait_ready();
+    t.dump_ok(&["-R"]);
+    t.go_expect_original_pass();
+}
+
 fn counts(log: &str) -> Vec<u64> {
     log.lines().filter_map(|l| l.strip_prefix("count ")).filter_map(|n| n.parse().ok()).collect()
 }

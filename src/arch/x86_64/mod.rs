@@ -82,6 +82,35 @@ pub fn xcr0() -> u64 {
     }
 }
 
+/// XSAVE component 18, AMX tile data: the one "dynamic" user component.
+/// A task gets room for it only after asking for it (arch_prctl
+/// ARCH_REQ_XCOMP_PERM) and then using it once; until then the kernel
+/// takes from a signal frame only the area up to the other components
+/// ([`xsave_default_size`]), and falls back to x87/SSE state alone for a
+/// longer one.
+pub const XFEATURE_TILEDATA: u64 = 1 << 18;
+
+/// The size of a standard-format XSAVE area that holds the components in
+/// `features`: the end of the last one (CPUID leaf 0xD gives each user
+/// component's size and offset), at least the legacy area and header.
+pub fn xsave_size_for(features: u64) -> usize {
+    let mut end = XSAVE_HEADER_OFFSET + 64;
+    for i in 2..63 {
+        if features & (1u64 << i) != 0 {
+            // Leaf 0xD is there whenever XCR0 has a bit above SSE set.
+            let l = core::arch::x86_64::__cpuid_count(0xd, i);
+            end = end.max(l.ebx as usize + l.eax as usize);
+        }
+    }
+    end
+}
+
+/// What every task of this CPU may hand rt_sigreturn: the XSAVE area of
+/// the components in `xcr0` but the dynamic one.
+pub fn xsave_default_size(xcr0: u64) -> usize {
+    xsave_size_for(xcr0 & !XFEATURE_TILEDATA)
+}
+
 /// xstate_bv from an XSAVE area (the components it holds).
 pub fn xstate_bv(xsave: &[u8]) -> u64 {
     xsave

@@ -95,6 +95,7 @@ pub fn build(buf: &mut [u8], at: u64, regs: &pb::X86Regs, xsave: &[u8], blocked:
     put(buf, MCONTEXT_OFFSET + 18 * 8 + 8 + 32, at + fp_off as u64);
     put(buf, SIGMASK_OFFSET, blocked);
 
+    let (xsave, features) = for_sigreturn(xsave, xcr0, super::xsave_default_size(xcr0));
     let fp = &mut buf[fp_off..fp_off + xsave.len() + 4];
     fp[..xsave.len()].copy_from_slice(xsave);
     // _fpx_sw_bytes: magic1, extended_size, xfeatures, xstate_size.
@@ -102,10 +103,23 @@ pub fn build(buf: &mut [u8], at: u64, regs: &pb::X86Regs, xsave: &[u8], blocked:
     fp[sw..sw + 48].fill(0);
     put32(fp, sw, FP_XSTATE_MAGIC1);
     put32(fp, sw + 4, (xsave.len() + 4) as u32);
-    put(fp, sw + 8, xcr0);
+    put(fp, sw + 8, features);
     put32(fp, sw + 16, xsave.len() as u32);
     put32(fp, xsave.len(), FP_XSTATE_MAGIC2);
     Ok(())
+}
+
+/// The part of `xsave` the frame carries, and the components it declares.
+/// Unless AMX tile data is live in it, the area is cut to `default_size`
+/// (see [`super::XFEATURE_TILEDATA`]): a task that never used AMX (the
+/// cured target, every freshly restored one) rejects a longer area, and
+/// rt_sigreturn would then quietly load x87/SSE state only, zeroing the
+/// upper halves of ymm/zmm.
+fn for_sigreturn(xsave: &[u8], xcr0: u64, default_size: usize) -> (&[u8], u64) {
+    if super::xstate_bv(xsave) & super::XFEATURE_TILEDATA != 0 {
+        return (xsave, xcr0);
+    }
+    (&xsave[..xsave.len().min(default_size)], xcr0 & !super::XFEATURE_TILEDATA)
 }
 
 #[cfg(test)]
@@ -126,6 +140,19 @@ mod tests {
         let fp = rd(MCONTEXT_OFFSET + 184) as usize - 0x10000;
         assert_eq!(fp % 64, 0);
         assert_eq!(u32::from_le_bytes(buf[fp + 464..fp + 468].try_into().unwrap()), FP_XSTATE_MAGIC1);
-        assert_eq!(u32::from_le_bytes(buf[fp + 1024..fp + 1028].try_into().unwrap()), FP_XSTATE_MAGIC2);
+        // x87 | SSE | AVX: the area is cut to the end of AVX state (CPUID).
+        let end = super::super::xsave_size_for(0x7);
+        assert_eq!(u32::from_le_bytes(buf[fp + end..fp + end + 4].try_into().unwrap()), FP_XSTATE_MAGIC2);
+        assert_eq!(u32::from_le_bytes(buf[fp + 464 + 16..fp + 464 + 20].try_into().unwrap()) as usize, end);
+    }
+
+    #[test]
+    fn area_cut_unless_tile_data_is_live() {
+        let tile = super::super::XFEATURE_TILEDATA;
+        let mut xsave = vec![0u8; 11008];
+        xsave[512] = 0xe7; // xstate_bv: x87, SSE, AVX, AVX-512
+        assert_eq!(for_sigreturn(&xsave, 0x600e7, 2816), (&xsave[..2816], 0x200e7));
+        xsave[512 + 2] = 0x04; // bit 18: tile data live
+        assert_eq!(for_sigreturn(&xsave, 0x600e7 | tile, 2816), (&xsave[..], 0x600e7));
     }
 }

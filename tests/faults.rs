@@ -7,6 +7,10 @@
 //! - `enospc_on_small_tmpfs`: the images on a 64 KiB tmpfs;
 //! - `sigterm_and_sigint_mid_dump`: the signal sent while the victim is
 //!   traced by rcr;
+//! - `signal_storm_mid_dump`: SIGINT every 200 µs from then until rcr
+//!   exits, so signals land in the cleanup's blocking calls too;
+//! - `sigint_while_waiting_for_parasite`: SIGINT while rcr is blocked in
+//!   poll(2) for the parasite's connection (victim's CPU capped at 1%);
 //! - `target_killed_mid_dump`: the victim SIGKILLed while traced;
 //! - `thread_appears_mid_dump`: `faulty threads` creates threads without
 //!   pause, dumped (-R) ten times;
@@ -245,6 +249,142 @@ fn sigterm_and_sigint_mid_dump() {
         }
         assert!(hit, "{name} never landed in the middle of a dump in 20 attempts");
     }
+    t.go_expect_original_pass();
+}
+
+/// SIGINT to rcr every 200 µs from the moment it traces the victim until it
+/// exits: whatever blocking call each signal lands in (waitpid, poll,
+/// recvmsg, splice, the cleanup's own remote syscalls) must either carry on
+/// or end in the same clean "interrupted" failure.
+#[test]
+fn signal_storm_mid_dump() {
+    let Some(mut t) = TestEnv::new("signal_storm_mid_dump") else { return };
+    let before = start_allstate(&mut t);
+    let (pid, images) = (t.pid, t.images.clone());
+    let mut hits = 0;
+    for attempt in 0..8 {
+        let (mut child, err) = spawn_rcr_env(&t, &format!("storm-{attempt}"), &[], &strs(&dump_args(pid, &images)));
+        if !wait_traced(pid, &mut child) {
+            let _ = wait_child(&mut child, "rcr dump");
+            continue;
+        }
+        let (t0, mut sent) = (Instant::now(), 0u32);
+        let st = loop {
+            if let Some(st) = child.try_wait().expect("try_wait on rcr") {
+                break st;
+            }
+            assert!(t0.elapsed() < Duration::from_secs(60), "rcr dump did not end within 60 s of a SIGINT storm ({sent} sent)");
+            // SAFETY: kill(2) on our own rcr child, by PID; not yet reaped (try_wait above).
+            unsafe { libc::kill(child.id() as i32, libc::SIGINT) };
+            sent += 1;
+            std::thread::sleep(Duration::from_micros(200));
+        };
+        let err = fs::read_to_string(err).unwrap_or_default();
+        let what = format!("after {sent} SIGINTs to rcr mid-dump (attempt {attempt})");
+        if st.success() {
+            continue; // every signal came after the last point
+        }
+        assert_eq!(st.code(), Some(1), "{what}: rcr ended with {} (signal {:?}):\n{err}", describe(st), st.signal());
+        assert!(err.contains("interrupted by SIGINT"), "{what}: rcr should say it was interrupted:\n{err}");
+        check_untouched(pid, &before, &what);
+        assert_restore_refused(&t, &images, &format!("restore-storm-{attempt}"), &what);
+        hits += 1;
+    }
+    assert!(hits >= 4, "a SIGINT storm ended only {hits} of 8 dumps as interrupted");
+    t.go_expect_original_pass();
+}
+
+/// The victim in a cgroup v1 `cpu` group capped at 1 ms per 500 ms, with a
+/// busy loop of ours that eats the cap, so each step of the victim's
+/// parasite waits for the next period; on drop the loop is killed (by
+/// PID) and reaped, the victim moved back and the group removed. None
+/// where the cpu controller cannot be used.
+struct CpuCap {
+    dir: PathBuf,
+    pid: i32,
+    hog: Option<Child>,
+}
+
+impl CpuCap {
+    const ROOT: &'static str = "/sys/fs/cgroup/cpu";
+
+    fn new(name: &str, pid: i32) -> Option<Self> {
+        let dir = Path::new(Self::ROOT).join(format!("rcr-test-{}-{name}", std::process::id()));
+        fs::create_dir(&dir).ok()?;
+        let mut cap = CpuCap { dir, pid, hog: None };
+        fs::write(cap.dir.join("cpu.cfs_period_us"), "500000").ok()?;
+        fs::write(cap.dir.join("cpu.cfs_quota_us"), "1000").ok()?;
+        let hog = Command::new("sh").args(["-c", "while :; do :; done"]).stdin(Stdio::null()).spawn().ok()?;
+        let hog_pid = hog.id();
+        cap.hog = Some(hog);
+        for p in [hog_pid as i32, pid] {
+            fs::write(cap.dir.join("cgroup.procs"), p.to_string()).ok()?;
+        }
+        Some(cap)
+    }
+}
+
+impl Drop for CpuCap {
+    fn drop(&mut self) {
+        if let Some(mut hog) = self.hog.take() {
+            let _ = hog.kill();
+            let _ = hog.wait();
+        }
+        let _ = fs::write(Path::new(Self::ROOT).join("cgroup.procs"), self.pid.to_string());
+        let _ = fs::remove_dir(&self.dir);
+    }
+}
+
+/// The number of the syscall `pid` is blocked in, from /proc/PID/syscall.
+fn blocked_in(pid: u32) -> Option<i64> {
+    fs::read_to_string(format!("/proc/{pid}/syscall")).ok()?.split_whitespace().next()?.parse().ok()
+}
+
+/// SIGINT lands while rcr waits in poll(2) for the parasite to connect
+/// (EINTR even under SA_RESTART): the dump must end as interrupted, not
+/// as a connect timeout. The victim's CPU is capped so the wait is long.
+#[test]
+fn sigint_while_waiting_for_parasite() {
+    let Some(mut t) = TestEnv::new("sigint_while_waiting_for_parasite") else { return };
+    let before = start_allstate(&mut t);
+    let (pid, images) = (t.pid, t.images.clone());
+    let Some(cap) = CpuCap::new(&t.name, pid) else {
+        eprintln!("{}: skipped: no writable cgroup v1 cpu controller at {}", t.name, CpuCap::ROOT);
+        return;
+    };
+    let mut hit = None;
+    for attempt in 0..10 {
+        let (mut child, err) = spawn_rcr_env(&t, &format!("connect-{attempt}"), &[], &strs(&dump_args(pid, &images)));
+        let (t0, log) = (Instant::now(), t.dir.join(format!("rcr-connect-{attempt}.log")));
+        // In poll(2), the victim traced, and no parasite connected yet (the
+        // log's line comes right after the accept): not the page drain's poll.
+        let connected = || fs::read_to_string(&log).unwrap_or_default().contains("connected from tid");
+        let waiting = loop {
+            if blocked_in(child.id()) == Some(libc::SYS_poll) && status_field(pid, "TracerPid").is_some_and(|v| v != "0") && !connected() {
+                break true;
+            }
+            if child.try_wait().expect("try_wait on rcr").is_some() || t0.elapsed() > Duration::from_secs(20) {
+                break false;
+            }
+            std::thread::sleep(Duration::from_micros(50));
+        };
+        if waiting {
+            // SAFETY: kill(2) on our own rcr child, by PID; not yet reaped.
+            unsafe { libc::kill(child.id() as i32, libc::SIGINT) };
+        }
+        let st = wait_child(&mut child, "rcr dump");
+        if waiting {
+            hit = Some((st, fs::read_to_string(err).unwrap_or_default()));
+            break;
+        }
+    }
+    drop(cap);
+    let Some((st, err)) = hit else { panic!("rcr was never seen waiting in poll(2) for the parasite in 10 dumps") };
+    let what = "after SIGINT to rcr waiting for the parasite";
+    assert_eq!(st.code(), Some(1), "{what}: rcr ended with {}:\n{err}", describe(st));
+    assert!(err.contains("interrupted by SIGINT"), "{what}: rcr should say it was interrupted:\n{err}");
+    check_untouched(pid, &before, what);
+    assert_restore_refused(&t, &images, "restore-connect", what);
     t.go_expect_original_pass();
 }
 

@@ -322,6 +322,9 @@ fn fmt_core(o: &mut String, e: &pb::TaskCore) -> fmt::Result {
         None => writeln!(o, "      regs: missing")?,
     }
     fmt_xsave(o, &e.xsave)?;
+    if e.xcomp_dynamic != 0 {
+        writeln!(o, "      xcomp_dynamic {:#x} ({})", e.xcomp_dynamic, crate::arch::cur::xsave_feature_names(e.xcomp_dynamic))?;
+    }
     for t in &e.threads {
         writeln!(o, "      thread {} comm {:?}  blocked {:#x}{}", t.tid, t.comm, t.blocked, sig_list(t.blocked))?;
         if let Some(r) = &t.regs {

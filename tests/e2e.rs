@@ -94,6 +94,45 @@ fn fpu_leave_running() {
     t.go_expect_original_pass();
 }
 
+/// True where the CPU has AMX tiles; else the AMX tests say so and pass.
+fn has_amx(t: &TestEnv) -> bool {
+    let yes = fs::read_to_string("/proc/cpuinfo").unwrap_or_default().lines().any(|l| l.starts_with("flags") && l.split_whitespace().any(|f| f == "amx_tile"));
+    if !yes {
+        eprintln!("{}: skipped: this CPU has no AMX tiles", t.name);
+    }
+    yes
+}
+
+/// A process that asked for AMX tile data (arch_prctl ARCH_REQ_XCOMP_PERM)
+/// keeps that permission across dump and restore: after go it uses the
+/// tiles again (without it: SIGILL).
+#[test]
+fn amx_permission() {
+    let Some(mut t) = TestEnv::new("amx_permission") else { return };
+    if !has_amx(&t) {
+        return;
+    }
+    t.spawn_victim("amx", &["perm"], false);
+    t.wait_ready();
+    t.dump_kill_restore();
+    t.go_expect_pass();
+}
+
+/// Tile data live in the registers cannot be carried yet: the dump is
+/// refused naming the pid, and the target's tiles are left as they were.
+#[test]
+fn amx_live_tiles_refused() {
+    let Some(mut t) = TestEnv::new("amx_live_tiles_refused") else { return };
+    if !has_amx(&t) {
+        return;
+    }
+    t.spawn_victim("amx", &["live"], false);
+    t.wait_ready();
+    let pid = t.pid.to_string();
+    t.assert_dump_refused(&[], &[&format!("pid {pid}"), "AMX tile data is live"]);
+    t.go_expect_original_pass();
+}
+
 fn counts(log: &str) -> Vec<u64> {
     log.lines().filter_map(|l| l.strip_prefix("count ")).filter_map(|n| n.parse().ok()).collect()
 }

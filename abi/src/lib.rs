@@ -556,6 +556,13 @@ assert_layout!(ThreadArgs, size = 336, creds = 184, clone = 0, tid = 80, sigfram
 assert_layout!(PosixTimerArgs, size = 104, id = 0, clock = 4, sigev_value = 8, sigev_signo = 16, sigev_notify = 20, sigev_tid = 24, interval_sec = 72, value_sec = 88);
 assert_layout!(PendingSig, size = 136, tid = 0, signo = 4, siginfo = 8);
 
+/// arch_prctl: the XSAVE components the process may use (a u64 bitmap);
+/// the parasite reads it.
+pub const ARCH_GET_XCOMP_PERM: u64 = 0x1022;
+/// arch_prctl: ask for one dynamic XSAVE component (by number); the
+/// restore asks again for what the dumped process had.
+pub const ARCH_REQ_XCOMP_PERM: u64 = 0x1023;
+
 pub mod parasite;
 #[cfg(feature = "blob-sys")]
 pub mod sys;

@@ -190,6 +190,9 @@ pub struct TaskMisc {
     pub pending: u64,
     pub tid: i32,
     pub _pad: u32,
+    /// XSAVE components the process may use (arch_prctl
+    /// ARCH_GET_XCOMP_PERM); 0 where the kernel does not say.
+    pub xcomp_perm: u64,
 }
 
 /// [`Cmd::DrainWrite`] flag: leave out all-zero pages.
@@ -241,7 +244,7 @@ assert_layout!(KSigaction, size = 32, handler = 0, flags = 8, restorer = 16, mas
 assert_layout!(ITimerVal, size = 32, interval_sec = 0, value_sec = 16);
 assert_layout!(
     TaskMisc,
-    size = 88,
+    size = 96,
     tid_address = 0,
     brk = 8,
     altstack_sp = 16,
@@ -257,5 +260,6 @@ assert_layout!(
     no_new_privs = 68,
     pending = 72,
     tid = 80,
+    xcomp_perm = 88,
 );
 assert_layout!(DrainRun, size = 24, vaddr = 0, len = 8, file_off = 16);

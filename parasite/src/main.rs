@@ -194,6 +194,9 @@ fn misc(a: &ParasiteArgs, st: &State) -> i64 {
     m.no_new_privs = sys::syscall1(sys::NR_PRCTL, PR_GET_NO_NEW_PRIVS) as i32;
     m.pending = st.pending_at_start;
     m.tid = sys::syscall0(sys::NR_GETTID) as i32;
+    if sys::syscall2(sys::NR_ARCH_PRCTL, rcr_abi::ARCH_GET_XCOMP_PERM, &mut m.xcomp_perm as *mut u64 as u64) < 0 {
+        m.xcomp_perm = 0;
+    }
     if let Some(slot) = out.first_mut() {
         *slot = m;
     }

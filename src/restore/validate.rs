@@ -489,6 +489,7 @@ pub fn environment(tree: &Tree) -> Result<()> {
         for (tid, xsave) in xsaves {
             arch::check_xsave_compatible(xsave, host_xsave_size()).with_context(|| format!("{}: thread {tid}", name(Kind::Core, p.entry.pid)))?;
         }
+        arch::check_xcomp_dynamic(l.core.xcomp_dynamic).with_context(|| name(Kind::Core, p.entry.pid))?;
         crate::timers::validate(&l.core)?;
         crate::creds::restore::validate(p.entry.pid, &l.core)?;
     }

@@ -29,7 +29,7 @@ const POLL: Duration = Duration::from_millis(10);
 
 pub const RCR: &str = env!("CARGO_BIN_EXE_rcr");
 const VICTIMS: &[&str] =
-    &["heap", "sparse", "filemap", "regfile", "fpu", "counter", "daemon", "badfd", "unsupported", "sigstate", "steady", "threads", "tree", "sharedfd", "timers", "creds", "anonfds", "unix", "unix_ext", "memfiles", "allstate", "inet", "pty", "zeropages", "manyfds", "nodump", "faulty", "compress", "bigmem"];
+    &["heap", "sparse", "filemap", "regfile", "fpu", "counter", "daemon", "badfd", "unsupported", "sigstate", "steady", "threads", "tree", "sharedfd", "timers", "creds", "anonfds", "unix", "unix_ext", "memfiles", "allstate", "inet", "pty", "zeropages", "manyfds", "nodump", "faulty", "compress", "bigmem", "amx"];
 const TMP_PREFIX: &str = "rcr-e2e-";
 
 /// Image files every successful dump of PID must leave behind.

@@ -90,6 +90,40 @@ pub fn xcr0() -> u64 {
 /// longer one.
 pub const XFEATURE_TILEDATA: u64 = 1 << 18;
 
+/// The dynamic components a process must ask for (ARCH_REQ_XCOMP_PERM).
+pub const XFEATURE_DYNAMIC: u64 = XFEATURE_TILEDATA;
+
+/// Refuses an XSAVE area rcr could not load back: one with AMX tile data
+/// live in it (a restored task has no room for it when rt_sigreturn runs).
+pub fn check_xsave_dumpable(xsave: &[u8]) -> Result<()> {
+    if xstate_bv(xsave) & XFEATURE_TILEDATA != 0 {
+        bail!("AMX tile data is live in its registers (XSAVE component 18); rcr cannot restore it yet (the task can drop it with TILERELEASE)");
+    }
+    Ok(())
+}
+
+/// Refuses dynamic components this rcr does not know or this CPU lacks.
+pub fn check_xcomp_dynamic(features: u64) -> Result<()> {
+    let bad = features & !(XFEATURE_DYNAMIC & xcr0());
+    if bad != 0 {
+        bail!("field xcomp_dynamic {features:#x}: {} cannot be asked for on this CPU (XCR0 {:#x})", xsave_feature_names(bad), xcr0());
+    }
+    Ok(())
+}
+
+/// Asks for each dynamic XSAVE component in `features` for the calling
+/// process (arch_prctl ARCH_REQ_XCOMP_PERM), as the dumped one had.
+pub fn request_xcomp(features: u64) -> Result<()> {
+    for bit in (0..64).filter(|b| features & (1u64 << b) != 0) {
+        // SAFETY: arch_prctl with integer arguments only.
+        let r = unsafe { libc::syscall(libc::SYS_arch_prctl, rcr_abi::ARCH_REQ_XCOMP_PERM, bit as u64) };
+        if r != 0 {
+            bail!("asking for XSAVE component {bit} ({}) with arch_prctl(ARCH_REQ_XCOMP_PERM): {}", xsave_feature_names(1 << bit), std::io::Error::last_os_error());
+        }
+    }
+    Ok(())
+}
+
 /// The size of a standard-format XSAVE area that holds the components in
 /// `features`: the end of the last one (CPUID leaf 0xD gives each user
 /// component's size and offset), at least the legacy area and header.

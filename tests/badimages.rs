@@ -113,6 +113,9 @@ fn cases() -> Vec<(&'static str, Mutation, Vec<String>)> {
     add("dangling_pipe_id", Box::new(|d, _| edit::<pb::FileDesc>(d, "fds.img", Kind::Fds, |v| v[0].kind = Some(pb::file_desc::Kind::Pipe(pb::PipeEnd { pipe_id: 77, write: false })))), &["fds.img", "pipe id 77"]);
     add("huge_xsave", Box::new(move |d, p| edit::<pb::TaskCore>(d, &f("core", p), Kind::Core, |c| c[0].xsave.resize(1 << 20, 0))), &["core-PID.img", "xsave is 1048576 bytes"]);
     add("unknown_xcomp", Box::new(move |d, p| edit::<pb::TaskCore>(d, &f("core", p), Kind::Core, |c| c[0].xcomp_dynamic = 1 << 19)), &["core-PID.img", "field xcomp_dynamic 0x80000"]);
+    // "live AMX tile data but ... lacks the permission" here; on a CPU
+    // without AMX: "xsave holds CPU state this CPU does not enable".
+    add("tile_data_without_permission", Box::new(move |d, p| edit::<pb::TaskCore>(d, &f("core", p), Kind::Core, |c| c[0].xsave[514] |= 0x04)), &["core-PID.img", "thread", "xsave holds"]);
     add("short_siginfo", Box::new(move |d, p| edit::<pb::TaskCore>(d, &f("core", p), Kind::Core, |c| c[0].pending.push(pb::PendingSignal { signo: 10, shared: false, siginfo: vec![0; 3] }))), &["core-PID.img", "pending signal 10"]);
     add("sigaction_sigkill", Box::new(move |d, p| edit::<pb::TaskCore>(d, &f("core", p), Kind::Core, |c| c[0].sigactions.push(pb::SigAction { signo: 9, handler: 1, ..Default::default() }))), &["core-PID.img", "sigaction for signal 9"]);
     add("no_registers", Box::new(move |d, p| edit::<pb::TaskCore>(d, &f("core", p), Kind::Core, |c| c[0].regs = None)), &["core-PID.img", "no registers"]);

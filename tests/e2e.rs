@@ -118,18 +118,32 @@ fn amx_permission() {
     t.go_expect_pass();
 }
 
-/// Tile data live in the registers cannot be carried yet: the dump is
-/// refused naming the pid, and the target's tiles are left as they were.
+/// Tile data live in the registers of two threads comes back in each:
+/// every thread whose tile data is live gets room for it (the leader in
+/// rcr's child, the other thread in the blob) before its rt_sigreturn.
 #[test]
-fn amx_live_tiles_refused() {
-    let Some(mut t) = TestEnv::new("amx_live_tiles_refused") else { return };
+fn amx_live_tiles() {
+    let Some(mut t) = TestEnv::new("amx_live_tiles") else { return };
     if !has_amx(&t) {
         return;
     }
     t.spawn_victim("amx", &["live"], false);
     t.wait_ready();
-    let pid = t.pid.to_string();
-    t.assert_dump_refused(&[], &[&format!("pid {pid}"), "AMX tile data is live"]);
+    t.dump_kill_restore();
+    t.go_expect_pass();
+}
+
+/// `dump -R` of live tiles: the cured target keeps them (its return frame
+/// carries the whole area).
+#[test]
+fn amx_live_tiles_leave_running() {
+    let Some(mut t) = TestEnv::new("amx_live_tiles_leave_running") else { return };
+    if !has_amx(&t) {
+        return;
+    }
+    t.spawn_victim("amx", &["live"], false);
+    t.wait_ready();
+    t.dump_ok(&["-R"]);
     t.go_expect_original_pass();
 }
 

@@ -299,7 +299,9 @@ pub struct ThreadArgs {
     /// the region, its fs base as TLS, `set_tid` pointing at `tid`.
     pub clone: CloneArgs,
     pub tid: i32,
-    pub _pad: u32,
+    /// 1: AMX tile data is live in the thread's saved state; the blob
+    /// calls [`grow_for_tile_data`] in the thread before rt_sigreturn.
+    pub tile_data: u32,
     /// The thread's rt_sigframe (address of its `pretcode` slot).
     pub sigframe: u64,
     pub gs_base: u64,
@@ -562,6 +564,38 @@ pub const ARCH_GET_XCOMP_PERM: u64 = 0x1022;
 /// arch_prctl: ask for one dynamic XSAVE component (by number); the
 /// restore asks again for what the dumped process had.
 pub const ARCH_REQ_XCOMP_PERM: u64 = 0x1023;
+
+/// Gives the calling thread room for AMX tile data in its kernel FPU
+/// state. A thread that has not touched its tiles has none, and
+/// rt_sigreturn then refuses a frame that holds tile data (it loads x87
+/// and SSE state alone); its first tile instruction faults once (XFD) and
+/// the kernel grows the state. This loads a one-row configuration, zeroes
+/// tile 0, and releases the tiles (back to their initial state). Used by
+/// the restore for every thread whose saved tile data is live.
+///
+/// # Safety
+///
+/// The process must have the permission (arch_prctl ARCH_REQ_XCOMP_PERM
+/// for component 18): without it the tile instruction is a SIGILL. The
+/// caller's tile registers are lost (rt_sigreturn loads the saved ones).
+#[inline(always)]
+pub unsafe fn grow_for_tile_data() {
+    let mut cfg = [0u8; 64];
+    cfg[0] = 1; // palette 1
+    cfg[16] = 64; // colsb[0]: 64 bytes per row
+    cfg[48] = 1; // rows[0]: one row
+    // SAFETY: (for the caller) see above; `cfg` is a live 64-byte tile
+    // configuration on this stack, read once.
+    unsafe {
+        core::arch::asm!(
+            "ldtilecfg [{cfg}]",
+            "tilezero tmm0",
+            "tilerelease",
+            cfg = in(reg) cfg.as_ptr(),
+            options(nostack, preserves_flags),
+        );
+    }
+}
 
 pub mod parasite;
 #[cfg(feature = "blob-sys")]

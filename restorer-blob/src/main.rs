@@ -293,6 +293,11 @@ fn thread_main(t: *mut ThreadArgs) -> ! {
 
 fn thread_setup(t: &ThreadArgs) -> Result<(), (RestoreStep, i64)> {
     let ok = |step, r: i64| if r < 0 { Err((step, r)) } else { Ok(()) };
+    if t.tile_data != 0 {
+        // SAFETY: the host set `tile_data` only for a process it gave the
+        // tile data permission (ARCH_REQ_XCOMP_PERM) before the blob ran.
+        unsafe { rcr_abi::grow_for_tile_data() };
+    }
     ok(RestoreStep::SetTls, sys::syscall2(sys::NR_ARCH_PRCTL, ARCH_SET_GS, t.gs_base))?;
     if t.rseq_len != 0 {
         ok(RestoreStep::Rseq, sys::syscall4(sys::NR_RSEQ, t.rseq_ptr, t.rseq_len as u64, 0, t.rseq_sig as u64))?;

@@ -239,7 +239,6 @@ fn collect(t: &Tracee, p: &mut Parasite, shared: &mut DumpCx, is_root: bool) -> 
     if is_root && misc.pdeathsig != 0 {
         bail!("pid {pid} has a parent-death signal ({}); rcr cannot carry it for the root of the tree (its parent changes on restore)", misc.pdeathsig);
     }
-    arch::check_xsave_dumpable(&p.saved().xsave).with_context(|| format!("pid {pid}"))?;
     let mut core = collect_core(t, p.saved(), &st, &misc)?;
     core.sigactions = parasite::sigactions_to_pb(&p.sigactions()?);
     core.sig_ignored = core.sigactions.iter().filter(|a| a.handler == 1).fold(0, |m, a| m | 1u64 << (a.signo - 1));
@@ -265,7 +264,6 @@ fn collect(t: &Tracee, p: &mut Parasite, shared: &mut DumpCx, is_root: bool) -> 
 fn collect_thread(t: &Tracee, p: &mut Parasite) -> Result<pb::ThreadCore> {
     let tid = t.pid();
     let saved = parasite::Saved::read(t)?;
-    arch::check_xsave_dumpable(&saved.xsave).with_context(|| format!("pid {} thread {tid}", p.pid()))?;
     let misc = p.thread_misc(t).with_context(|| format!("reading thread {tid}"))?;
     let mut regs = arch::regs_to_pb(&saved.regs);
     let (sc, res) = arch::prepare_restart(&mut regs, arch::Resume::NewTask);

@@ -324,7 +324,7 @@ fn thread_args(t: &pb::ThreadCore, slot: u64, frame: u64, stack: u64, restore_ar
     ThreadArgs {
         clone,
         tid: t.tid as i32,
-        _pad: 0,
+        tile_data: u32::from(crate::arch::cur::tile_data_live(&t.xsave)),
         sigframe: frame,
         gs_base: t.regs.as_ref().map_or(0, |r| r.gs_base),
         rseq_ptr: t.rseq.as_ref().map_or(0, |r| r.pointer),

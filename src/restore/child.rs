@@ -178,7 +178,7 @@ fn prepare(l: &Loaded, tree_bound: Option<&crate::creds::trust::Bound>, files: &
     nix::sys::prctl::set_name(&std::ffi::CString::new(l.core.comm.as_bytes()).unwrap_or_default()).context("PR_SET_NAME")?;
     restore_sigactions(&l.core)?;
     restore_task_flags(&l.core)?;
-    crate::arch::cur::request_xcomp(l.core.xcomp_dynamic)?;
+    crate::arch::cur::prepare_xstate(l.core.xcomp_dynamic, &l.core.xsave)?;
     crate::creds::restore::set_oom_score_adj(&l.core)?;
     queue_pending(&l.core)?;
     unregister_own_rseq()?;

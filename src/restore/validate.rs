@@ -487,7 +487,9 @@ pub fn environment(tree: &Tree) -> Result<()> {
         }
         let xsaves = std::iter::once((p.entry.pid, &l.core.xsave)).chain(l.core.threads.iter().map(|t| (t.tid, &t.xsave)));
         for (tid, xsave) in xsaves {
-            arch::check_xsave_compatible(xsave, host_xsave_size()).with_context(|| format!("{}: thread {tid}", name(Kind::Core, p.entry.pid)))?;
+            arch::check_xsave_compatible(xsave, host_xsave_size())
+                .and_then(|()| arch::check_tile_data_permitted(xsave, l.core.xcomp_dynamic))
+                .with_context(|| format!("{}: thread {tid}", name(Kind::Core, p.entry.pid)))?;
         }
         arch::check_xcomp_dynamic(l.core.xcomp_dynamic).with_context(|| name(Kind::Core, p.entry.pid))?;
         crate::timers::validate(&l.core)?;

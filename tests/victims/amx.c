@@ -10,15 +10,17 @@
  * permission is still there (ARCH_GET_XCOMP_PERM) and uses tile 0 again.
  * After a restore that lost the permission, the tile load is a SIGILL.
  *
- * amx GO live: asks for tile data, loads a pattern into tile 0 and keeps
- * it there (tile data live in the registers), READY; after go, stores
- * tile 0 and compares it with the pattern. rcr refuses to dump it; the
- * check after go is that the refused dump left the tile as it was.
+ * amx GO live: asks for tile data, then the main thread and a second one
+ * each load their own pattern into their tile 0 and keep it there (tile
+ * data live in the registers of both), READY; after go, each stores its
+ * tile 0 and compares it with its pattern (a thread whose tile data came
+ * back in its initial state reads zeros).
  *
  * Prints NOAMX and exits 3 at once where the kernel refuses the
  * permission (no AMX on this CPU).
  */
 #include "victim.h"
+#include <pthread.h>
 #include <stdint.h>
 #include <sys/syscall.h>
 
@@ -28,13 +30,11 @@
 #define ROWS 16
 #define COLSB 64
 
-static _Alignas(64) uint8_t cfg[64];
-static _Alignas(64) uint8_t pattern_buf[ROWS * COLSB];
-static _Alignas(64) uint8_t out[ROWS * COLSB];
+static const char *go;
 
 static void load_config(void)
 {
-	memset(cfg, 0, sizeof(cfg));
+	_Alignas(64) uint8_t cfg[64] = { 0 };
 	cfg[0] = 1; /* palette 1 */
 	cfg[16] = COLSB; /* colsb[0], u16 little-endian */
 	cfg[48] = ROWS; /* rows[0] */
@@ -51,37 +51,61 @@ static void tile0_store(void *p)
 	asm volatile("tilestored %%tmm0, (%0,%1,1)" : : "r"(p), "r"((long)COLSB) : "memory");
 }
 
-/* Tile 0 holds the pattern, or FAIL. */
-static void check_tile0(const char *when)
+/* Tile 0 holds the pattern of `seed`, or FAIL. */
+static void check_tile0(unsigned seed, const char *when)
 {
+	_Alignas(64) uint8_t out[ROWS * COLSB];
 	memset(out, 0, sizeof(out));
 	tile0_store(out);
-	for (size_t i = 0; i < sizeof(out); i++)
-		if (out[i] != pattern_buf[i])
-			fail("%s: tile 0 byte %zu is 0x%02x, expected 0x%02x", when, i, out[i], pattern_buf[i]);
+	long bad = check(out, sizeof(out), seed);
+	if (bad >= 0)
+		fail("%s: tile 0 byte %ld is 0x%02x, expected 0x%02x", when, bad, out[bad], pattern(seed, bad));
+}
+
+static void load_tile0(unsigned seed)
+{
+	_Alignas(64) uint8_t in[ROWS * COLSB];
+	fill(in, sizeof(in), seed);
+	load_config();
+	tile0_load(in);
 }
 
 static void use_tiles(const char *when)
 {
-	load_config();
-	tile0_load(pattern_buf);
-	check_tile0(when);
+	load_tile0(0xa3);
+	check_tile0(0xa3, when);
 	asm volatile("tilerelease" : : : "memory");
+}
+
+static volatile int thread_loaded;
+
+/* live mode's second thread: its own tile 0, kept until after go. */
+static void *second(void *arg)
+{
+	(void)arg;
+	load_tile0(0x5b);
+	thread_loaded = 1;
+	wait_for_go(go);
+	check_tile0(0x5b, "after go, the second thread's tile 0");
+	return NULL;
 }
 
 int main(int argc, char **argv)
 {
 	need_args(argc, argv, 2, "GO_FILE perm|live");
-	const char *go = argv[1];
+	go = argv[1];
 	int live = !strcmp(argv[2], "live");
-	fill(pattern_buf, sizeof(pattern_buf), 0xa3);
+	pthread_t th;
 	if (syscall(SYS_arch_prctl, ARCH_REQ_XCOMP_PERM, XFEATURE_XTILEDATA)) {
 		say("NOAMX: ARCH_REQ_XCOMP_PERM: %s", strerror(errno));
 		return 3;
 	}
 	if (live) {
-		load_config();
-		tile0_load(pattern_buf);
+		if (pthread_create(&th, NULL, second, NULL))
+			fail("pthread_create");
+		while (!thread_loaded)
+			sleep_10ms();
+		load_tile0(0xa3);
 	} else {
 		use_tiles("before the dump");
 	}
@@ -92,9 +116,10 @@ int main(int argc, char **argv)
 		fail("ARCH_GET_XCOMP_PERM: %s", strerror(errno));
 	if (!(perm & (1ULL << XFEATURE_XTILEDATA)))
 		fail("the AMX tile data permission is gone (permitted components 0x%llx)", (unsigned long long)perm);
-	if (live)
-		check_tile0("after go, tile data kept in tile 0");
-	else
+	if (live) {
+		check_tile0(0xa3, "after go, the main thread's tile 0");
+		pthread_join(th, NULL);
+	} else
 		use_tiles("after go");
 	pass();
 }

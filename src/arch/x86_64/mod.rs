@@ -93,11 +93,18 @@ pub const XFEATURE_TILEDATA: u64 = 1 << 18;
 /// The dynamic components a process must ask for (ARCH_REQ_XCOMP_PERM).
 pub const XFEATURE_DYNAMIC: u64 = XFEATURE_TILEDATA;
 
-/// Refuses an XSAVE area rcr could not load back: one with AMX tile data
-/// live in it (a restored task has no room for it when rt_sigreturn runs).
-pub fn check_xsave_dumpable(xsave: &[u8]) -> Result<()> {
-    if xstate_bv(xsave) & XFEATURE_TILEDATA != 0 {
-        bail!("AMX tile data is live in its registers (XSAVE component 18); rcr cannot restore it yet (the task can drop it with TILERELEASE)");
+/// True if AMX tile data is live in an XSAVE area (not in its initial
+/// state): restoring it needs the permission and a thread whose kernel
+/// FPU state has room for it ([`rcr_abi::grow_for_tile_data`]).
+pub fn tile_data_live(xsave: &[u8]) -> bool {
+    xstate_bv(xsave) & XFEATURE_TILEDATA != 0
+}
+
+/// Refuses a thread with live tile data in a process without the
+/// permission to use it (`xcomp_dynamic`): it could not be loaded back.
+pub fn check_tile_data_permitted(xsave: &[u8], xcomp_dynamic: u64) -> Result<()> {
+    if tile_data_live(xsave) && xcomp_dynamic & XFEATURE_TILEDATA == 0 {
+        bail!("xsave holds live AMX tile data but field xcomp_dynamic {xcomp_dynamic:#x} lacks the permission for it (bit 18)");
     }
     Ok(())
 }
@@ -111,9 +118,25 @@ pub fn check_xcomp_dynamic(features: u64) -> Result<()> {
     Ok(())
 }
 
+/// Makes the calling process (a restored one, before the blob runs) able
+/// to take back `xsave` through rt_sigreturn: asks for the dynamic
+/// components it had ([`request_xcomp`]) and, if its tile data is live,
+/// grows this thread's FPU state for it.
+pub fn prepare_xstate(xcomp_dynamic: u64, xsave: &[u8]) -> Result<()> {
+    request_xcomp(xcomp_dynamic)?;
+    if tile_data_live(xsave) {
+        check_tile_data_permitted(xsave, xcomp_dynamic)?;
+        // SAFETY: the permission for tile data was just granted
+        // (request_xcomp, checked above); this thread's tile registers
+        // hold nothing of the restored process.
+        unsafe { rcr_abi::grow_for_tile_data() };
+    }
+    Ok(())
+}
+
 /// Asks for each dynamic XSAVE component in `features` for the calling
 /// process (arch_prctl ARCH_REQ_XCOMP_PERM), as the dumped one had.
-pub fn request_xcomp(features: u64) -> Result<()> {
+fn request_xcomp(features: u64) -> Result<()> {
     for bit in (0..64).filter(|b| features & (1u64 << b) != 0) {
         // SAFETY: arch_prctl with integer arguments only.
         let r = unsafe { libc::syscall(libc::SYS_arch_prctl, rcr_abi::ARCH_REQ_XCOMP_PERM, bit as u64) };

@@ -10,7 +10,7 @@
 //! - `signal_storm_mid_dump`: SIGINT every 200 µs from then until rcr
 //!   exits, so signals land in the cleanup's blocking calls too;
 //! - `sigint_while_waiting_for_parasite`: SIGINT while rcr is blocked in
-//!   poll(2) for the parasite's connection (victim's CPU capped at 1%);
+//!   poll(2) for the parasite's connection (which a test hook delays);
 //! - `target_killed_mid_dump`: the victim SIGKILLed while traced;
 //! - `thread_appears_mid_dump`: `faulty threads` creates threads without
 //!   pause, dumped (-R) ten times;
@@ -294,47 +294,6 @@ fn signal_storm_mid_dump() {
     t.go_expect_original_pass();
 }
 
-/// The victim in a cgroup v1 `cpu` group capped at 1 ms per 500 ms, with a
-/// busy loop of ours that eats the cap, so each step of the victim's
-/// parasite waits for the next period; on drop the loop is killed (by
-/// PID) and reaped, the victim moved back and the group removed. None
-/// where the cpu controller cannot be used.
-struct CpuCap {
-    dir: PathBuf,
-    pid: i32,
-    hog: Option<Child>,
-}
-
-impl CpuCap {
-    const ROOT: &'static str = "/sys/fs/cgroup/cpu";
-
-    fn new(name: &str, pid: i32) -> Option<Self> {
-        let dir = Path::new(Self::ROOT).join(format!("rcr-test-{}-{name}", std::process::id()));
-        fs::create_dir(&dir).ok()?;
-        let mut cap = CpuCap { dir, pid, hog: None };
-        fs::write(cap.dir.join("cpu.cfs_period_us"), "500000").ok()?;
-        fs::write(cap.dir.join("cpu.cfs_quota_us"), "1000").ok()?;
-        let hog = Command::new("sh").args(["-c", "while :; do :; done"]).stdin(Stdio::null()).spawn().ok()?;
-        let hog_pid = hog.id();
-        cap.hog = Some(hog);
-        for p in [hog_pid as i32, pid] {
-            fs::write(cap.dir.join("cgroup.procs"), p.to_string()).ok()?;
-        }
-        Some(cap)
-    }
-}
-
-impl Drop for CpuCap {
-    fn drop(&mut self) {
-        if let Some(mut hog) = self.hog.take() {
-            let _ = hog.kill();
-            let _ = hog.wait();
-        }
-        let _ = fs::write(Path::new(Self::ROOT).join("cgroup.procs"), self.pid.to_string());
-        let _ = fs::remove_dir(&self.dir);
-    }
-}
-
 /// The number of the syscall `pid` is blocked in, from /proc/PID/syscall.
 fn blocked_in(pid: u32) -> Option<i64> {
     fs::read_to_string(format!("/proc/{pid}/syscall")).ok()?.split_whitespace().next()?.parse().ok()
@@ -342,47 +301,31 @@ fn blocked_in(pid: u32) -> Option<i64> {
 
 /// SIGINT lands while rcr waits in poll(2) for the parasite to connect
 /// (EINTR even under SA_RESTART): the dump must end as interrupted, not
-/// as a connect timeout. The victim's CPU is capped so the wait is long.
+/// as a connect timeout. RCR_TEST_CONNECT_DELAY_MS makes the parasite
+/// sleep 3 s before it connects, so the wait is certain to be seen.
 #[test]
 fn sigint_while_waiting_for_parasite() {
     let Some(mut t) = TestEnv::new("sigint_while_waiting_for_parasite") else { return };
     let before = start_allstate(&mut t);
     let (pid, images) = (t.pid, t.images.clone());
-    let Some(cap) = CpuCap::new(&t.name, pid) else {
-        eprintln!("{}: skipped: no writable cgroup v1 cpu controller at {}", t.name, CpuCap::ROOT);
-        return;
-    };
-    let mut hit = None;
-    for attempt in 0..10 {
-        let (mut child, err) = spawn_rcr_env(&t, &format!("connect-{attempt}"), &[], &strs(&dump_args(pid, &images)));
-        let (t0, log) = (Instant::now(), t.dir.join(format!("rcr-connect-{attempt}.log")));
-        // In poll(2), the victim traced, and no parasite connected yet (the
-        // log's line comes right after the accept): not the page drain's poll.
-        let connected = || fs::read_to_string(&log).unwrap_or_default().contains("connected from tid");
-        let waiting = loop {
-            if blocked_in(child.id()) == Some(libc::SYS_poll) && status_field(pid, "TracerPid").is_some_and(|v| v != "0") && !connected() {
-                break true;
-            }
-            if child.try_wait().expect("try_wait on rcr").is_some() || t0.elapsed() > Duration::from_secs(20) {
-                break false;
-            }
-            std::thread::sleep(Duration::from_micros(50));
-        };
-        if waiting {
-            // SAFETY: kill(2) on our own rcr child, by PID; not yet reaped.
-            unsafe { libc::kill(child.id() as i32, libc::SIGINT) };
-        }
-        let st = wait_child(&mut child, "rcr dump");
-        if waiting {
-            hit = Some((st, fs::read_to_string(err).unwrap_or_default()));
-            break;
-        }
+    let env = [("RCR_TEST_CONNECT_DELAY_MS", "3000".to_string())];
+    let (mut child, err) = spawn_rcr_env(&t, "connect", &env, &strs(&dump_args(pid, &images)));
+    let t0 = Instant::now();
+    while blocked_in(child.id()) != Some(libc::SYS_poll) {
+        assert!(child.try_wait().expect("try_wait on rcr").is_none(), "rcr dump ended before it waited for the parasite");
+        assert!(t0.elapsed() < Duration::from_secs(20), "rcr was not seen waiting in poll(2) within 20 s");
+        std::thread::sleep(Duration::from_millis(1));
     }
-    drop(cap);
-    let Some((st, err)) = hit else { panic!("rcr was never seen waiting in poll(2) for the parasite in 10 dumps") };
+    let log = fs::read_to_string(t.dir.join("rcr-connect.log")).unwrap_or_default();
+    assert!(!log.contains("connected from tid"), "the parasite connected despite its 3 s delay:\n{log}");
+    // SAFETY: kill(2) on our own rcr child, by PID; not yet reaped.
+    unsafe { libc::kill(child.id() as i32, libc::SIGINT) };
+    let st = wait_child(&mut child, "rcr dump after SIGINT in the connect wait");
+    let err = fs::read_to_string(err).unwrap_or_default();
     let what = "after SIGINT to rcr waiting for the parasite";
     assert_eq!(st.code(), Some(1), "{what}: rcr ended with {}:\n{err}", describe(st));
     assert!(err.contains("interrupted by SIGINT"), "{what}: rcr should say it was interrupted:\n{err}");
+    assert!(t0.elapsed() < Duration::from_secs(10), "{what}: rcr took {:?}, as if it waited out the connect timeout", t0.elapsed());
     check_untouched(pid, &before, what);
     assert_restore_refused(&t, &images, "restore-connect", what);
     t.go_expect_original_pass();

@@ -47,7 +47,9 @@ pub struct ParasiteArgs {
     pub data_len: u64,
     /// sockaddr_un length and bytes (abstract name: sun_path[0] == 0).
     pub addr_len: u32,
-    pub _pad: u32,
+    /// Tests only (RCR_TEST_CONNECT_DELAY_MS): milliseconds the parasite
+    /// sleeps before it connects, so a test can catch rcr waiting; 0.
+    pub connect_delay_ms: u32,
     pub addr: [u8; 110],
     pub _pad2: [u8; 2],
 }
@@ -236,6 +238,7 @@ assert_layout!(
     data = 32,
     data_len = 40,
     addr_len = 48,
+    connect_delay_ms = 52,
     addr = 56,
 );
 assert_layout!(Command, size = 32, cmd = 0, arg = 8);

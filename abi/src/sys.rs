@@ -172,6 +172,7 @@ macro_rules! blob_mem_functions {
 }
 
 pub const NR_WRITE: u64 = 1;
+pub const NR_NANOSLEEP: u64 = 35;
 pub const NR_RT_SIGACTION: u64 = 13;
 pub const NR_PWRITE64: u64 = 18;
 pub const NR_GETITIMER: u64 = 36;

@@ -74,6 +74,11 @@ fn serve(a: &ParasiteArgs, st: &mut State) {
         return;
     }
     st.sock = sock as i32;
+    if a.connect_delay_ms != 0 {
+        let ms = a.connect_delay_ms as u64;
+        let ts = [ms / 1000, ms % 1000 * 1_000_000];
+        sys::syscall2(sys::NR_NANOSLEEP, ts.as_ptr() as u64, 0);
+    }
     if sys::syscall3(sys::NR_CONNECT, sock as u64, a.addr.as_ptr() as u64, a.addr_len as u64) < 0 {
         return;
     }

@@ -240,7 +240,7 @@ impl<'t> Parasite<'t> {
             data: self.start + self.layout.data,
             data_len: PARASITE_DATA,
             addr_len: listener.addr_len,
-            _pad: 0,
+            connect_delay_ms: test_connect_delay_ms(),
             addr: [0; 110],
             _pad2: [0; 2],
         };
@@ -769,6 +769,12 @@ impl Listener {
         }
         Ok(c)
     }
+}
+
+/// RCR_TEST_CONNECT_DELAY_MS=N (tests only): the parasite sleeps N ms
+/// before it connects, so a test can signal rcr while it waits.
+fn test_connect_delay_ms() -> u32 {
+    std::env::var("RCR_TEST_CONNECT_DELAY_MS").ok().and_then(|v| v.parse().ok()).unwrap_or(0)
 }
 
 /// Sends one byte with `fd` attached (SCM_RIGHTS).

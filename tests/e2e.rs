@@ -94,13 +94,18 @@ fn fpu_leave_running() {
     t.go_expect_original_pass();
 }
 
-/// True where the CPU has AMX tiles; else the AMX tests say so and pass.
-fn has_amx(t: &TestEnv) -> bool {
-    let yes = fs::read_to_string("/proc/cpuinfo").unwrap_or_default().lines().any(|l| l.starts_with("flags") && l.split_whitespace().any(|f| f == "amx_tile"));
-    if !yes {
-        eprintln!("{}: skipped: this CPU has no AMX tiles", t.name);
+/// The amx victim in `mode`, ready; None (the test says so and passes)
+/// where the CPU has no AMX tiles.
+fn amx_victim(name: &str, mode: &str) -> Option<TestEnv> {
+    let mut t = TestEnv::new(name)?;
+    let cpuinfo = fs::read_to_string("/proc/cpuinfo").unwrap_or_default();
+    if !cpuinfo.lines().any(|l| l.starts_with("flags") && l.split_whitespace().any(|f| f == "amx_tile")) {
+        eprintln!("{name}: skipped: this CPU has no AMX tiles");
+        return None;
     }
-    yes
+    t.spawn_victim("amx", &[mode], false);
+    t.wait_ready();
+    Some(t)
 }
 
 /// A process that asked for AMX tile data (arch_prctl ARCH_REQ_XCOMP_PERM)
@@ -108,12 +113,7 @@ fn has_amx(t: &TestEnv) -> bool {
 /// tiles again (without it: SIGILL).
 #[test]
 fn amx_permission() {
-    let Some(mut t) = TestEnv::new("amx_permission") else { return };
-    if !has_amx(&t) {
-        return;
-    }
-    t.spawn_victim("amx", &["perm"], false);
-    t.wait_ready();
+    let Some(mut t) = amx_victim("amx_permission", "perm") else { return };
     t.dump_kill_restore();
     t.go_expect_pass();
 }
@@ -123,12 +123,7 @@ fn amx_permission() {
 /// rcr's child, the other thread in the blob) before its rt_sigreturn.
 #[test]
 fn amx_live_tiles() {
-    let Some(mut t) = TestEnv::new("amx_live_tiles") else { return };
-    if !has_amx(&t) {
-        return;
-    }
-    t.spawn_victim("amx", &["live"], false);
-    t.wait_ready();
+    let Some(mut t) = amx_victim("amx_live_tiles", "live") else { return };
     t.dump_kill_restore();
     t.go_expect_pass();
 }
@@ -137,12 +132,7 @@ fn amx_live_tiles() {
 /// carries the whole area).
 #[test]
 fn amx_live_tiles_leave_running() {
-    let Some(mut t) = TestEnv::new("amx_live_tiles_leave_running") else { return };
-    if !has_amx(&t) {
-        return;
-    }
-    t.spawn_victim("amx", &["live"], false);
-    t.wait_ready();
+    let Some(mut t) = amx_victim("amx_live_tiles_leave_running", "live") else { return };
     t.dump_ok(&["-R"]);
     t.go_expect_original_pass();
 }

@@ -151,15 +151,19 @@ fn request_xcomp(features: u64) -> Result<()> {
 /// `features`: the end of the last one (CPUID leaf 0xD gives each user
 /// component's size and offset), at least the legacy area and header.
 pub fn xsave_size_for(features: u64) -> usize {
-    let mut end = XSAVE_HEADER_OFFSET + 64;
-    for i in 2..63 {
-        if features & (1u64 << i) != 0 {
+    // Each component's end, read once (CPUID traps to the hypervisor in
+    // a VM, and every signal frame rcr builds asks).
+    static ENDS: std::sync::OnceLock<[usize; 64]> = std::sync::OnceLock::new();
+    let ends = ENDS.get_or_init(|| {
+        let mut ends = [0; 64];
+        for (i, end) in ends.iter_mut().enumerate().take(63).skip(2) {
             // Leaf 0xD is there whenever XCR0 has a bit above SSE set.
-            let l = core::arch::x86_64::__cpuid_count(0xd, i);
-            end = end.max(l.ebx as usize + l.eax as usize);
+            let l = core::arch::x86_64::__cpuid_count(0xd, i as u32);
+            *end = l.ebx as usize + l.eax as usize;
         }
-    }
-    end
+        ends
+    });
+    (2..63).filter(|i| features & (1u64 << i) != 0).map(|i| ends[i]).fold(XSAVE_HEADER_OFFSET + 64, usize::max)
 }
 
 /// What every task of this CPU may hand rt_sigreturn: the XSAVE area of

@@ -115,6 +115,14 @@ fn dir_bytes(dir: &ImageDir) -> u64 {
     entries.iter().filter(|(_, st)| st.st_mode & libc::S_IFMT == libc::S_IFREG).map(|(_, st)| st.st_size as u64).sum()
 }
 
+/// rcr's own peak resident set so far, KiB (VmHWM of its current mm; 0 if
+/// unreadable). getrusage's ru_maxrss would count the process rcr was
+/// exec'd from too.
+fn peak_rss_kib() -> u64 {
+    let status = std::fs::read_to_string("/proc/self/status").unwrap_or_default();
+    status.lines().find_map(|l| l.strip_prefix("VmHWM:")).and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok()).unwrap_or(0)
+}
+
 /// The statistics of a finished dump, written to `stats-dump.img`.
 pub fn write_dump(dir: &ImageDir, leave_running: bool, processes: usize, threads: usize) -> anyhow::Result<()> {
     let s = pb::DumpStats {
@@ -132,6 +140,7 @@ pub fn write_dump(dir: &ImageDir, leave_running: bool, processes: usize, threads
         leave_running,
         processes: processes as u32,
         threads: threads as u32,
+        peak_rss_kib: peak_rss_kib(),
     };
     dir.write_one(Kind::StatsDump, None, &s)
 }
@@ -146,6 +155,7 @@ pub fn write_restore(dir: &ImageDir, processes: usize, threads: usize) -> anyhow
         pages_restored: count(Count::PagesRestored),
         processes: processes as u32,
         threads: threads as u32,
+        peak_rss_kib: peak_rss_kib(),
     };
     dir.write_one(Kind::StatsRestore, None, &s)
 }

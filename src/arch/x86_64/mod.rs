@@ -123,12 +123,12 @@ pub fn check_xcomp_dynamic(features: u64) -> Result<()> {
 /// components it had ([`request_xcomp`]) and, if its tile data is live,
 /// grows this thread's FPU state for it.
 pub fn prepare_xstate(xcomp_dynamic: u64, xsave: &[u8]) -> Result<()> {
+    check_tile_data_permitted(xsave, xcomp_dynamic)?;
     request_xcomp(xcomp_dynamic)?;
     if tile_data_live(xsave) {
-        check_tile_data_permitted(xsave, xcomp_dynamic)?;
         // SAFETY: the permission for tile data was just granted
-        // (request_xcomp, checked above); this thread's tile registers
-        // hold nothing of the restored process.
+        // (request_xcomp, for the bit checked above); this thread's tile
+        // registers hold nothing of the restored process.
         unsafe { rcr_abi::grow_for_tile_data() };
     }
     Ok(())

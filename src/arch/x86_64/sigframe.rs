@@ -116,7 +116,7 @@ pub fn build(buf: &mut [u8], at: u64, regs: &pb::X86Regs, xsave: &[u8], blocked:
 /// rt_sigreturn would then quietly load x87/SSE state only, zeroing the
 /// upper halves of ymm/zmm.
 fn for_sigreturn(xsave: &[u8], xcr0: u64, default_size: usize) -> (&[u8], u64) {
-    if super::xstate_bv(xsave) & super::XFEATURE_TILEDATA != 0 {
+    if super::tile_data_live(xsave) {
         return (xsave, xcr0);
     }
     (&xsave[..xsave.len().min(default_size)], xcr0 & !super::XFEATURE_TILEDATA)
